@@ -1,0 +1,86 @@
+"""deco-middleware: learned per-token temperature and top-p for the generation loops you already use.
+
+The core (heads as ONNX, manifests, the decoding algorithm on numpy) needs only numpy, onnxruntime and
+pydantic. The Hugging Face names (``LearnedDecoding`` and friends) import torch and transformers on
+first use and tell you which extra to install when they are missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .errors import (
+    DecoError,
+    HeadsNotFoundError,
+    HiddenStateUnavailableError,
+    IncompatibleHeadsError,
+    IntegrityError,
+    ManifestError,
+    ManifestVersionError,
+    MissingDependencyError,
+    ModelProvisioningError,
+    UnsupportedGenerationModeError,
+)
+from .heads.artifact import DecodingHeads, export_heads, list_shipped_heads
+from .manifest import BaseModelIdentity, HeadManifest, UnknownKeysWarning
+from .sampling import DecodingSettings, nucleus_filter, resolve_decoding, warp_temperature
+from .trace import DecodingTrace, TraceStep
+
+# Names served from the torch/transformers integration, imported lazily (PEP 562).
+_LAZY = {
+    "DecodingSession": "deco_middleware.hf",
+    "HiddenStateTap": "deco_middleware.hf",
+    "LearnedDecoding": "deco_middleware.hf",
+    "LearnedTemperatureProcessor": "deco_middleware.hf",
+    "LearnedTopPWarper": "deco_middleware.hf",
+    "NEUTRAL_GENERATE_KWARGS": "deco_middleware.hf",
+    "NonFiniteHiddenStateWarning": "deco_middleware.hf",
+    "StackedWarpersWarning": "deco_middleware.hf",
+    "model_identity": "deco_middleware.hf",
+}
+
+__all__ = [
+    "NEUTRAL_GENERATE_KWARGS",
+    "BaseModelIdentity",
+    "DecoError",
+    "DecodingHeads",
+    "DecodingSession",
+    "DecodingSettings",
+    "DecodingTrace",
+    "HeadManifest",
+    "HeadsNotFoundError",
+    "HiddenStateTap",
+    "HiddenStateUnavailableError",
+    "IncompatibleHeadsError",
+    "IntegrityError",
+    "LearnedDecoding",
+    "LearnedTemperatureProcessor",
+    "LearnedTopPWarper",
+    "ManifestError",
+    "ManifestVersionError",
+    "MissingDependencyError",
+    "ModelProvisioningError",
+    "NonFiniteHiddenStateWarning",
+    "StackedWarpersWarning",
+    "TraceStep",
+    "UnknownKeysWarning",
+    "UnsupportedGenerationModeError",
+    "__version__",
+    "export_heads",
+    "list_shipped_heads",
+    "model_identity",
+    "nucleus_filter",
+    "resolve_decoding",
+    "warp_temperature",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deco_middleware' has no attribute {name!r}")

@@ -1,0 +1,111 @@
+"""``deco`` commands. Each one is a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import DecoError
+from ..heads.artifact import DecodingHeads, list_shipped_heads, resolve_heads_path, shipped_heads_dir
+from ..manifest import MANIFEST_NAME, HeadManifest
+from .strategies import parse_strategy
+
+app = typer.Typer(help="Learned per-token temperature and top-p for Hugging Face generation.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def heads_for_model(heads: str, model) -> DecodingHeads:
+    """``default`` picks the shipped heads whose base model matches ``model``; else a name or path."""
+    if heads != "default":
+        return DecodingHeads.from_pretrained(heads)
+    from ..fingerprint import fingerprints_match
+    from ..hf.identity import model_identity
+
+    identity = model_identity(model)
+    for name in list_shipped_heads():
+        manifest = HeadManifest.load(shipped_heads_dir() / name / MANIFEST_NAME)
+        base = manifest.base_model
+        if (base.hidden_size, base.vocab_size) == (identity.hidden_size, identity.vocab_size) and fingerprints_match(
+            base.lm_head_fingerprint.values, identity.lm_head_fingerprint.values
+        ):
+            return DecodingHeads.from_pretrained(name)
+    raise DecoError(
+        f"No shipped heads fit the model `{identity.name}` (shipped: {', '.join(list_shipped_heads()) or 'none'}). "
+        "Pass --heads PATH, or train heads with `deco train`."
+    )
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied when the model has one).")],
+    model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")] = "default",
+    heads: Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")] = "default",
+    strategy: Annotated[str, typer.Option(help="autodeco | greedy | static:T,P")] = "autodeco",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    seed: Annotated[int, typer.Option()] = 0,
+    temperature_scale: Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")] = 1.0,
+    top_p_scale: Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,
+) -> None:
+    """Generate a reply with learned (or a baseline) decoding."""
+    try:
+        chosen = parse_strategy(strategy)
+        from ..generation import generate_text
+
+        result = generate_text(
+            prompt,
+            model=model,
+            heads=heads,
+            strategy=chosen,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            temperature_scale=temperature_scale,
+            top_p_scale=top_p_scale,
+        )
+    except (DecoError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+        return
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(result["text"])
+
+
+@app.command()
+def info(heads: Annotated[str, typer.Argument(help="A shipped name or a heads folder.")] = "") -> None:
+    """Print the manifest of HEADS (or list the shipped heads)."""
+    if not heads:
+        names = list_shipped_heads()
+        typer.echo("\n".join(names) if names else "No heads are shipped with this version.")
+        return
+    try:
+        manifest = HeadManifest.load(resolve_heads_path(heads) / MANIFEST_NAME)
+    except DecoError as error:
+        _fail(str(error))
+        return
+    typer.echo(manifest.to_json_text(), nl=False)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True)] = None,
+) -> None:
+    """deco: learned decoding middleware."""
+
+

@@ -1,0 +1,5 @@
+"""Decoding heads: the ONNX artifact (numpy + onnxruntime) and, with torch, the trainable modules."""
+
+from .artifact import DecodingHeads, export_heads, list_shipped_heads, resolve_heads_path, shipped_heads_dir
+
+__all__ = ["DecodingHeads", "export_heads", "list_shipped_heads", "resolve_heads_path", "shipped_heads_dir"]

@@ -1,0 +1,27 @@
+"""Hugging Face transformers integration (torch): tap, processor pair, sessions."""
+
+from .identity import model_identity
+from .processors import (
+    NEUTRAL_GENERATE_KWARGS,
+    DecodingSession,
+    LearnedDecoding,
+    LearnedTemperatureProcessor,
+    LearnedTopPWarper,
+    NonFiniteHiddenStateWarning,
+    StackedWarpersWarning,
+    check_generate_kwargs,
+)
+from .tap import HiddenStateTap
+
+__all__ = [
+    "NEUTRAL_GENERATE_KWARGS",
+    "DecodingSession",
+    "HiddenStateTap",
+    "LearnedDecoding",
+    "LearnedTemperatureProcessor",
+    "LearnedTopPWarper",
+    "NonFiniteHiddenStateWarning",
+    "StackedWarpersWarning",
+    "check_generate_kwargs",
+    "model_identity",
+]

@@ -1,0 +1,294 @@
+"""The per-row decoding algorithm, written once for every tensor engine.
+
+Given raw head outputs, :func:`resolve_decoding` applies the user's settings (scales, bounds,
+fallbacks for non-finite rows) and :func:`warp_temperature` / :func:`nucleus_filter` turn a batch
+of scores into the distribution to sample from, each row with its own temperature and top-p.
+Engines (torch tensors, numpy arrays) only supply the handful of array operations in
+:class:`ArrayOps`; the algorithm itself never branches on the engine.
+
+Order of operations (METHOD.md): penalties (done by the caller) -> divide by T ->
+optional top-k / min-p -> nucleus filter with P, always keeping the most likely token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+Array = TypeVar("Array")
+GREEDY = 0.0
+# Temperatures are floored here before dividing, so a head output of 1e-30 cannot overflow.
+_MIN_DIVISOR = 1e-6
+
+
+class ArrayOps(Protocol, Generic[Array]):
+    """The array operations the algorithm needs; one small adapter per engine."""
+
+    def full(self, like: Array, value: float) -> Array: ...
+    def where(self, condition: Array, a: Array, b: Array) -> Array: ...
+    def isfinite(self, x: Array) -> Array: ...
+    def all_last(self, x: Array) -> Array: ...
+    def clip(self, x: Array, low: float | None, high: float | None) -> Array: ...
+    def softmax(self, x: Array) -> Array: ...
+    def sort_desc(self, x: Array) -> tuple[Array, Array]: ...
+    def cumsum(self, x: Array) -> Array: ...
+    def unsort(self, sorted_values: Array, indices: Array) -> Array: ...
+    def argmax_mask(self, x: Array) -> Array: ...
+    def kth_largest(self, x: Array, k: int) -> Array: ...
+    def max_last(self, x: Array) -> Array: ...
+    def masked_fill(self, x: Array, mask: Array, value: float) -> Array: ...
+    def count_last(self, mask: Array) -> Array: ...
+
+
+class NumpyOps:
+    def full(self, like, value):
+        return np.full(like.shape, value, dtype=np.float32)
+
+    def where(self, condition, a, b):
+        return np.where(condition, a, b)
+
+    def isfinite(self, x):
+        return np.isfinite(x)
+
+    def all_last(self, x):
+        return np.all(x, axis=-1)
+
+    def clip(self, x, low, high):
+        return x if low is None and high is None else np.clip(x, low, high)
+
+    def softmax(self, x):
+        shifted = x - np.max(x, axis=-1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=-1, keepdims=True)
+
+    def sort_desc(self, x):
+        indices = np.argsort(-x, axis=-1, kind="stable")
+        return np.take_along_axis(x, indices, axis=-1), indices
+
+    def cumsum(self, x):
+        return np.cumsum(x, axis=-1)
+
+    def unsort(self, sorted_values, indices):
+        out = np.empty_like(sorted_values)
+        np.put_along_axis(out, indices, sorted_values, axis=-1)
+        return out
+
+    def argmax_mask(self, x):
+        mask = np.zeros(x.shape, dtype=bool)
+        np.put_along_axis(mask, np.argmax(x, axis=-1)[:, None], True, axis=-1)
+        return mask
+
+    def kth_largest(self, x, k):
+        return -np.partition(-x, k - 1, axis=-1)[:, k - 1 : k]
+
+    def max_last(self, x):
+        return np.max(x, axis=-1, keepdims=True)
+
+    def masked_fill(self, x, mask, value):
+        return np.where(mask, np.asarray(value, dtype=x.dtype), x)
+
+    def count_last(self, mask):
+        return mask.sum(axis=-1)
+
+
+class TorchOps:
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+
+    def full(self, like, value):
+        return self.torch.full(like.shape, value, dtype=self.torch.float32, device=like.device)
+
+    def where(self, condition, a, b):
+        return self.torch.where(condition, a, b)
+
+    def isfinite(self, x):
+        return self.torch.isfinite(x)
+
+    def all_last(self, x):
+        return x.all(dim=-1)
+
+    def clip(self, x, low, high):
+        return x if low is None and high is None else x.clamp(min=low, max=high)
+
+    def softmax(self, x):
+        return self.torch.softmax(x, dim=-1)
+
+    def sort_desc(self, x):
+        values, indices = self.torch.sort(x, dim=-1, descending=True, stable=True)
+        return values, indices
+
+    def cumsum(self, x):
+        return x.cumsum(dim=-1)
+
+    def unsort(self, sorted_values, indices):
+        return sorted_values.scatter(-1, indices, sorted_values)
+
+    def argmax_mask(self, x):
+        mask = self.torch.zeros_like(x, dtype=self.torch.bool)
+        return mask.scatter(-1, x.argmax(dim=-1, keepdim=True), True)
+
+    def kth_largest(self, x, k):
+        return self.torch.topk(x, k, dim=-1).values[:, -1:]
+
+    def max_last(self, x):
+        return x.max(dim=-1, keepdim=True).values
+
+    def masked_fill(self, x, mask, value):
+        return x.masked_fill(mask, value)
+
+    def count_last(self, mask):
+        return mask.sum(dim=-1)
+
+
+_OPS: dict[str, ArrayOps[Any]] = {}
+
+
+def ops_for(array: Any) -> ArrayOps[Any]:
+    """The adapter for ``array``'s engine; unknown engines fail listing the supported ones."""
+    if isinstance(array, np.ndarray):
+        key = "numpy"
+    elif type(array).__module__.startswith("torch"):
+        key = "torch"
+    else:
+        raise TypeError(f"Unsupported array type {type(array).__name__}; supported engines: numpy, torch.")
+    if key not in _OPS:
+        _OPS[key] = NumpyOps() if key == "numpy" else TorchOps()
+    return _OPS[key]
+
+
+def _check_number(name: str, value: float | None, *, low: float, high: float = math.inf, low_open: bool, hint: str = "") -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"`{name}` has to be a number, got {value!r}.")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
+        raise ValueError(f"`{name}` has to be {bound}, got {value!r}.{(' ' + hint) if hint else ''}")
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """What the user controls on top of the heads' predictions.
+
+    Args:
+        temperature_scale: ``T_final = T_pred * temperature_scale``; 0 means greedy decoding.
+        top_p_scale: ``P_final = clamp(P_pred * top_p_scale, 0, 1)``.
+        min_temperature / max_temperature: optional bounds on ``T_final`` (not applied when greedy).
+        fallback_temperature / fallback_top_p: used in place of the heads' prediction for a row whose
+            hidden state or head output is NaN/inf (scales and bounds still apply).
+        top_k / min_p: optional filters applied after the temperature, before the nucleus.
+        use_temperature_head / use_top_p_head: switch a head off (T_pred = 1 or P_pred = 1).
+    """
+
+    temperature_scale: float = 1.0
+    top_p_scale: float = 1.0
+    min_temperature: float | None = None
+    max_temperature: float | None = None
+    fallback_temperature: float = 0.7
+    fallback_top_p: float = 0.9
+    top_k: int | None = None
+    min_p: float | None = None
+    use_temperature_head: bool = True
+    use_top_p_head: bool = True
+
+    def __post_init__(self) -> None:
+        _check_number("temperature_scale", self.temperature_scale, low=0.0, low_open=False,
+                      hint="Use 0 for greedy decoding, 1 to use the heads as they are.")
+        _check_number("top_p_scale", self.top_p_scale, low=0.0, low_open=True,
+                      hint="Use 1 to use the heads as they are.")
+        _check_number("min_temperature", self.min_temperature, low=0.0, low_open=True)
+        _check_number("max_temperature", self.max_temperature, low=0.0, low_open=True)
+        if self.min_temperature is not None and self.max_temperature is not None and self.min_temperature > self.max_temperature:
+            raise ValueError(
+                f"`min_temperature` ({self.min_temperature}) is larger than `max_temperature` ({self.max_temperature}); "
+                "swap them or drop one."
+            )
+        _check_number("fallback_temperature", self.fallback_temperature, low=0.0, low_open=True)
+        _check_number("fallback_top_p", self.fallback_top_p, low=0.0, high=1.0, low_open=True)
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0):
+            raise ValueError(f"`top_k` has to be a non-negative integer (0 or None disables it), got {self.top_k!r}.")
+        _check_number("min_p", self.min_p, low=0.0, high=1.0, low_open=False)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature_scale == GREEDY
+
+
+@dataclass
+class ResolvedDecoding(Generic[Array]):
+    temperature: Array  # [batch] applied temperature, 0 for greedy rows
+    top_p: Array  # [batch] applied nucleus mass
+    fallback: Array  # [batch] bool, rows that used the fallback values
+
+
+def resolve_decoding(
+    temperature_pred: Array, top_p_pred: Array, hidden_finite: Array, settings: DecodingSettings
+) -> ResolvedDecoding[Array]:
+    """Apply the user's settings to the heads' raw predictions, row by row."""
+    ops = ops_for(temperature_pred)
+    bad = ~(ops.isfinite(temperature_pred) & ops.isfinite(top_p_pred) & hidden_finite)
+    if settings.use_temperature_head:
+        temperature = ops.where(bad, ops.full(temperature_pred, settings.fallback_temperature), temperature_pred)
+    else:
+        temperature = ops.full(temperature_pred, 1.0)
+    if settings.use_top_p_head:
+        top_p = ops.where(bad, ops.full(top_p_pred, settings.fallback_top_p), top_p_pred)
+    else:
+        top_p = ops.full(top_p_pred, 1.0)
+    temperature = temperature * settings.temperature_scale
+    if not settings.greedy:
+        temperature = ops.clip(temperature, settings.min_temperature, settings.max_temperature)
+    top_p = ops.clip(top_p * settings.top_p_scale, 0.0, 1.0)
+    return ResolvedDecoding(temperature=temperature, top_p=top_p, fallback=bad)
+
+
+def warp_temperature(scores: Array, temperature: Array) -> Array:
+    """Divide each row by its own temperature; a row with temperature 0 keeps only its argmax."""
+    ops = ops_for(scores)
+    greedy_rows = temperature <= 0
+    divided = scores / ops.clip(temperature, _MIN_DIVISOR, None)[:, None]
+    if not bool(greedy_rows.any()):
+        return divided
+    keep_argmax = ops.argmax_mask(scores)
+    greedy_scores = ops.masked_fill(scores, ~keep_argmax, -math.inf)
+    return ops.where(greedy_rows[:, None], greedy_scores, divided)
+
+
+def top_k_filter(scores: Array, top_k: int) -> Array:
+    """Keep the ``top_k`` highest scores of each row (ties at the boundary are kept)."""
+    ops = ops_for(scores)
+    k = min(top_k, scores.shape[-1])
+    return ops.masked_fill(scores, scores < ops.kth_largest(scores, k), -math.inf)
+
+
+def min_p_filter(scores: Array, min_p: float) -> Array:
+    """Drop tokens whose probability is below ``min_p`` times the row's top probability."""
+    ops = ops_for(scores)
+    probs = ops.softmax(scores)
+    return ops.masked_fill(scores, probs < min_p * ops.max_last(probs), -math.inf)
+
+
+def nucleus_filter(scores: Array, top_p: Array) -> tuple[Array, Array]:
+    """Keep each row's smallest set of most likely tokens whose mass reaches that row's ``top_p``.
+
+    The token that crosses the threshold is kept, and so is the most likely token even when
+    ``top_p`` is 0. Rows with ``top_p >= 1`` are left untouched. Returns the filtered scores and
+    the nucleus size of each row. Reference implementation: one full sort per row.
+    """
+    ops = ops_for(scores)
+    sorted_scores, indices = ops.sort_desc(scores)
+    sorted_probs = ops.softmax(sorted_scores)
+    mass_before = ops.cumsum(sorted_probs) - sorted_probs
+    remove_sorted = mass_before >= top_p[:, None]
+    remove_sorted[:, 0] = False  # a fresh tensor from the comparison above, not the caller's scores
+    remove_sorted = remove_sorted & (top_p < 1.0)[:, None]
+    remove = ops.unsort(remove_sorted, indices)
+    filtered = ops.masked_fill(scores, remove, -math.inf)
+    finite_kept = ops.count_last(~remove & (scores > -math.inf))
+    return filtered, finite_kept

@@ -109,3 +109,21 @@ def _main(
     """deco: learned decoding middleware."""
 
 
+
+
+# Further commands live in their own modules (``cli/cmd_<name>.py``), each registering itself on
+# ``app`` with ``@app.command()``; a module whose optional dependencies are missing is skipped here
+# and its command then fails with the install hint when called.
+_COMMAND_MODULES = ("cmd_train", "cmd_eval", "cmd_trace", "cmd_bench", "cmd_export_lm")
+
+
+def _register_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in _COMMAND_MODULES:
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}")
+
+
+_register_commands()

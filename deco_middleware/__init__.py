@@ -41,7 +41,6 @@ _LAZY = {
 }
 
 __all__ = [
-    "NEUTRAL_GENERATE_KWARGS",
     "BaseModelIdentity",
     "DecoError",
     "DecodingHeads",
@@ -61,6 +60,7 @@ __all__ = [
     "ManifestVersionError",
     "MissingDependencyError",
     "ModelProvisioningError",
+    "NEUTRAL_GENERATE_KWARGS",
     "NonFiniteHiddenStateWarning",
     "StackedWarpersWarning",
     "TraceStep",

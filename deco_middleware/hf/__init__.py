@@ -14,12 +14,12 @@ from .processors import (
 from .tap import HiddenStateTap
 
 __all__ = [
-    "NEUTRAL_GENERATE_KWARGS",
     "DecodingSession",
     "HiddenStateTap",
     "LearnedDecoding",
     "LearnedTemperatureProcessor",
     "LearnedTopPWarper",
+    "NEUTRAL_GENERATE_KWARGS",
     "NonFiniteHiddenStateWarning",
     "StackedWarpersWarning",
     "check_generate_kwargs",

@@ -1,0 +1,153 @@
+"""The per-row decoding algorithm on synthetic logits, over every installed engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deco_middleware.sampling import (
+    DecodingSettings,
+    min_p_filter,
+    nucleus_filter,
+    resolve_decoding,
+    top_k_filter,
+    warp_temperature,
+)
+
+torch = pytest.importorskip("torch")
+
+ENGINES = {
+    "numpy": lambda a: np.asarray(a, dtype=np.float32),
+    "torch": lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32),
+}
+
+
+def to_numpy(x):
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    return ENGINES[request.param]
+
+
+def reference_nucleus_keep(row: np.ndarray, p: float) -> set[int]:
+    """Brute force: add tokens by descending probability until the mass reaches p."""
+    probs = np.exp(row - row.max())
+    probs /= probs.sum()
+    if p >= 1.0:
+        return set(range(len(row)))
+    order = sorted(range(len(row)), key=lambda i: (-probs[i], i))
+    kept, mass = [], 0.0
+    for i in order:
+        kept.append(i)
+        mass += probs[i]
+        if mass >= p:
+            break
+    return set(kept)
+
+
+def test_nucleus_matches_brute_force_per_row(engine):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 50)) * 3
+    top_p = np.array([0.0, 0.1, 0.5, 0.9, 0.999, 1.0])
+    filtered, sizes = nucleus_filter(engine(logits), engine(top_p))
+    filtered = to_numpy(filtered)
+    for row in range(6):
+        kept = set(np.flatnonzero(np.isfinite(filtered[row])))
+        assert kept == reference_nucleus_keep(logits[row].astype(np.float32), top_p[row]), row
+        assert to_numpy(sizes)[row] == len(kept)
+    # P = 0 keeps exactly the most likely token; P = 1 keeps everything.
+    assert list(np.flatnonzero(np.isfinite(filtered[0]))) == [int(np.argmax(logits[0]))]
+    assert np.isfinite(filtered[5]).all()
+
+
+def test_nucleus_matches_transformers_top_p_warper():
+    from transformers import TopPLogitsWarper
+
+    rng = np.random.default_rng(1)
+    logits = torch.as_tensor(rng.normal(size=(4, 200)) * 2, dtype=torch.float32)
+    for p in (0.3, 0.7, 0.95):
+        ours, _ = nucleus_filter(logits, torch.full((4,), p))
+        theirs = TopPLogitsWarper(p)(None, logits)
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs)), p
+
+
+def test_nucleus_keeps_dominant_token_and_ties(engine):
+    logits = np.array([[30.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    filtered, sizes = nucleus_filter(engine(logits), engine([0.5, 0.5]))
+    assert to_numpy(sizes).tolist() == [1, 2]
+
+
+def test_filters_never_modify_scores_in_place(engine):
+    logits = engine(np.random.default_rng(2).normal(size=(3, 40)))
+    before = to_numpy(logits).copy()
+    nucleus_filter(logits, engine([0.2, 0.5, 0.9]))
+    warp_temperature(logits, engine([0.0, 0.5, 1.5]))
+    top_k_filter(logits, 5)
+    min_p_filter(logits, 0.1)
+    np.testing.assert_array_equal(to_numpy(logits), before)
+
+
+def test_warp_temperature_per_row_and_greedy(engine):
+    logits = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    out = to_numpy(warp_temperature(engine(logits), engine([0.5, 0.0])))
+    np.testing.assert_allclose(out[0], logits[0] / 0.5)
+    assert out[1].tolist() == [-math.inf, -math.inf, 4.0]
+
+
+def test_top_k_and_min_p(engine):
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept_k = np.isfinite(to_numpy(top_k_filter(engine(logits), 2)))
+    assert kept_k.tolist() == [[True, True, False, False]]
+    kept_min_p = np.isfinite(to_numpy(min_p_filter(engine(logits), 0.25)))
+    assert kept_min_p.tolist() == [[True, True, True, False]]
+
+
+def test_resolve_applies_scales_bounds_and_fallback(engine):
+    settings = DecodingSettings(temperature_scale=0.5, top_p_scale=2.0, min_temperature=0.2, max_temperature=0.6,
+                                fallback_temperature=0.8, fallback_top_p=0.3)
+    t_pred = engine([0.2, 1.0, 2.0, np.nan])
+    p_pred = engine([0.3, 0.6, np.inf, 0.5])
+    finite = np.array([True, True, True, True])
+    finite = torch.as_tensor(finite) if not isinstance(t_pred, np.ndarray) else finite
+    resolved = resolve_decoding(t_pred, p_pred, finite, settings)
+    np.testing.assert_allclose(to_numpy(resolved.temperature), [0.2, 0.5, 0.4, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(resolved.top_p), [0.6, 1.0, 0.6, 0.6], rtol=1e-6)
+    assert to_numpy(resolved.fallback).tolist() == [False, False, True, True]
+
+
+def test_resolve_greedy_and_switched_off_heads(engine):
+    finite = np.array([True, False])
+    t_pred, p_pred = engine([0.7, 0.7]), engine([0.4, 0.4])
+    if not isinstance(t_pred, np.ndarray):
+        finite = torch.as_tensor(finite)
+    greedy = resolve_decoding(t_pred, p_pred, finite, DecodingSettings(temperature_scale=0.0, min_temperature=0.5))
+    assert to_numpy(greedy.temperature).tolist() == [0.0, 0.0]
+    no_heads = resolve_decoding(t_pred, p_pred, finite, DecodingSettings(use_temperature_head=False, use_top_p_head=False))
+    assert to_numpy(no_heads.temperature).tolist() == [1.0, 1.0]
+    assert to_numpy(no_heads.top_p).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature_scale": -1.0}, "`temperature_scale` has to be >= 0.0, got -1.0. Use 0 for greedy"),
+        ({"top_p_scale": 0.0}, "`top_p_scale` has to be > 0.0, got 0.0."),
+        ({"min_temperature": 1.5, "max_temperature": 0.5}, "`min_temperature` (1.5) is larger than `max_temperature` (0.5)"),
+        ({"fallback_top_p": 1.5}, "`fallback_top_p` has to be > 0.0 and <= 1.0, got 1.5."),
+        ({"top_k": -3}, "`top_k` has to be a non-negative integer"),
+        ({"min_p": float("nan")}, "`min_p` has to be a number, got nan."),
+    ],
+)
+def test_impossible_settings_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        DecodingSettings(**kwargs)
+    assert message in str(error.value)
+
+
+def test_unknown_engine_lists_supported():
+    with pytest.raises(TypeError, match="supported engines: numpy, torch"):
+        nucleus_filter([[1.0, 2.0]], [0.5])

@@ -54,6 +54,7 @@ def generate(
     temperature_scale: Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")] = 1.0,
     top_p_scale: Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,
+    show: Annotated[bool, typer.Option("--show", help="Print the tokens coloured by temperature, with a legend.")] = False,
 ) -> None:
     """Generate a reply with learned (or a baseline) decoding."""
     try:
@@ -75,6 +76,10 @@ def generate(
         return
     if as_json:
         typer.echo(json.dumps(result))
+    elif show:
+        from ..viz import TraceDocument, print_trace
+
+        print_trace(TraceDocument.from_generation(result, prompt=prompt), Console())
     else:
         typer.echo(result["text"])
 

@@ -1,0 +1,85 @@
+"""``deco trace``: generate one reply and show the temperature and top-p behind every token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import DecoError
+from .app import _fail, app, heads_for_model
+
+
+@app.command()
+def trace(
+    prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied when the model has one).")],
+    model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")] = "default",
+    heads: Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")] = "default",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    temperature_scale: Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")] = 1.0,
+    top_p_scale: Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")] = 1.0,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page here.")] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Write the T/P chart as a PNG here.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the trace as JSON here.")] = None,
+    compare: Annotated[
+        Optional[str],
+        typer.Option(
+            help="A second run shown side by side, same prompt and seed: `static:T,P` (fixed T and P), "
+            "`greedy`, `scale:X` (the heads with temperature scale X) or `autodeco`."
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the coloured tokens.")] = False,
+) -> None:
+    """Generate a reply with learned decoding and show the T and P chosen for every token.
+
+    Without --html/--png/--json the coloured tokens are printed; with them, files are written too.
+    """
+    out = Console()
+    try:
+        from ..default_model import load_model
+        from ..viz import print_trace, write_html, write_png
+        from ..viz.runs import parse_run_strategy, trace_generation
+
+        main_spec = parse_run_strategy("autodeco", temperature_scale=temperature_scale, top_p_scale=top_p_scale)
+        compare_spec = parse_run_strategy(compare) if compare is not None else None
+        loaded_model, tokenizer = load_model(model)
+        loaded_heads = heads_for_model(heads, loaded_model)
+        metadata = {"model": model, "heads": str(loaded_heads.directory)}
+        common = {
+            "model": loaded_model,
+            "tokenizer": tokenizer,
+            "heads": loaded_heads,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "metadata": metadata,
+        }
+        doc = trace_generation(prompt, spec=main_spec, **common)
+        other = trace_generation(prompt, spec=compare_spec, **common) if compare_spec is not None else None
+        if json_path is not None:
+            if other is None:
+                doc.save_json(json_path)
+            else:
+                import json
+
+                from ..manifest import atomic_write_bytes
+
+                runs = {"runs": [doc.to_dict(), other.to_dict()]}
+                atomic_write_bytes(json_path, (json.dumps(runs, indent=2, ensure_ascii=False) + "\n").encode())
+        if html is not None:
+            write_html(doc, html, compare=other)
+        if png is not None:
+            write_png(doc, png, compare=other)
+    except (DecoError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+        return
+    if not quiet:
+        for run in (doc, other):
+            if run is not None:
+                out.rule(run.label)
+                print_trace(run, out)
+    for label, path in (("HTML", html), ("PNG", png), ("JSON", json_path)):
+        if path is not None:
+            Console(stderr=True).print(f"{label}: {path}", highlight=False)

@@ -1,0 +1,80 @@
+"""Tokens coloured by temperature (or top-p) in the terminal, with a legend (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._deps import require
+from .colors import TEMPERATURE_STOPS, TOP_P_STOPS, hex_color, temperature_rgb, top_p_rgb
+from .document import TraceDocument
+
+_LEGEND_STEPS = 9
+
+
+def _visible_token(text: str, piece: str) -> str:
+    if not text:
+        return f"\u27e8{piece}\u27e9"  # part of a character or a special token: show its spelling, dimmed
+    # A newline token keeps its line break but also gets a mark, so its colour can be seen.
+    return text.replace("\n", "\u21b5\n")
+
+
+def trace_text(doc: TraceDocument, *, color_by: str = "temperature") -> Any:
+    """A ``rich.text.Text`` of the reply, each token on a background of its T (or P) colour."""
+    rich_text = require("rich.text", purpose="Coloured terminal output")
+    if color_by not in ("temperature", "top_p"):
+        raise ValueError(f"`color_by` must be 'temperature' or 'top_p', not {color_by!r}.")
+    values = doc.temperature if color_by == "temperature" else doc.top_p
+    to_rgb = temperature_rgb if color_by == "temperature" else top_p_rgb
+    text = rich_text.Text()
+    for token, piece, value, fallback in zip(doc.tokens, doc.pieces, values, doc.fallback):
+        style = f"black on {hex_color(to_rgb(value))}"
+        if not token:
+            style += " dim"
+        if fallback:
+            style += " underline"
+        text.append(_visible_token(token, piece), style=style)
+    return text
+
+
+def legend_text(*, color_by: str = "temperature") -> Any:
+    """One line: the colour scale with its end values."""
+    rich_text = require("rich.text", purpose="Coloured terminal output")
+    if color_by == "temperature":
+        stops, to_rgb, title, low, high = TEMPERATURE_STOPS, temperature_rgb, "temperature", "0 greedy", "2"
+    else:
+        stops, to_rgb, title, low, high = TOP_P_STOPS, top_p_rgb, "top-p", "0", "1"
+    start, end = stops[0][0], stops[-1][0]
+    legend = rich_text.Text(f"{title}: {low} ")
+    for k in range(_LEGEND_STEPS):
+        value = start + (end - start) * k / (_LEGEND_STEPS - 1)
+        legend.append("  ", style=f"on {hex_color(to_rgb(value))}")
+    legend.append(f" {high}")
+    if color_by == "temperature":
+        legend.append("   (white = 1: the model's own distribution)", style="dim")
+    return legend
+
+
+def summary_line(doc: TraceDocument) -> str:
+    s = doc.summary()
+    if not s["tokens"]:
+        return "0 tokens"
+    parts = [
+        f"{s['tokens']} tokens",
+        f"T mean {s['temperature_mean']:.3f} (min {s['temperature_min']:.3f}, max {s['temperature_max']:.3f})",
+        f"P mean {s['top_p_mean']:.3f} (min {s['top_p_min']:.3f}, max {s['top_p_max']:.3f})",
+    ]
+    if s["nucleus_size_median"] is not None:
+        parts.append(f"median nucleus {s['nucleus_size_median']:g}")
+    if s["fallback_steps"]:
+        parts.append(f"{s['fallback_steps']} fallback steps")
+    return ", ".join(parts)
+
+
+def print_trace(doc: TraceDocument, console: Any = None, *, color_by: str = "temperature", legend: bool = True) -> None:
+    """Print the coloured reply, then the legend and a one-line summary."""
+    rich_console = require("rich.console", purpose="Coloured terminal output")
+    console = console or rich_console.Console()
+    console.print(trace_text(doc, color_by=color_by), soft_wrap=True, highlight=False)
+    if legend:
+        console.print(legend_text(color_by=color_by), highlight=False)
+        console.print(summary_line(doc), style="dim", highlight=False)

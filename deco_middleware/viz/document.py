@@ -25,6 +25,18 @@ TRACE_FORMAT_VERSION = 1
 _REPLACEMENT = "\ufffd"
 
 
+# C0 control characters other than tab and newline are invisible, rewritten by HTML parsers (NUL
+# becomes U+FFFD, CR becomes LF) or, in a terminal, executed (ESC starts an escape sequence): views
+# show them as their Unicode "control picture" instead.
+_CONTROL_PICTURES = {code: chr(0x2400 + code) for code in range(32) if chr(code) not in "\t\n"}
+_CONTROL_PICTURES[0x7F] = "\u2421"
+
+
+def visible_control_characters(text: str) -> str:
+    """``text`` with control characters (except tab and newline) replaced by their control pictures."""
+    return text.translate(_CONTROL_PICTURES)
+
+
 class TraceDocumentError(DecoError, ValueError):
     """Per-token lists of a trace document disagree in length or hold impossible values."""
 

@@ -18,12 +18,7 @@ from typing import Any
 
 from ..manifest import atomic_write_bytes
 from .colors import TEMPERATURE_STOPS, TOP_P_STOPS, css_gradient, hex_color, temperature_rgb, top_p_rgb
-from .document import TraceDocument
-
-# C0 control characters other than tab and newline are invisible or rewritten by HTML parsers
-# (NUL becomes U+FFFD, CR becomes LF); show them as their Unicode "control picture" instead.
-_CONTROL_PICTURES = {code: chr(0x2400 + code) for code in range(32) if chr(code) not in "\t\n"}
-_CONTROL_PICTURES[0x7F] = "\u2421"
+from .document import TraceDocument, visible_control_characters
 
 CHART_WIDTH = 720
 CHART_HEIGHT = 220
@@ -142,7 +137,7 @@ _SCRIPT = """
 
 
 def _visible(text: str) -> str:
-    return text.translate(_CONTROL_PICTURES)
+    return visible_control_characters(text)
 
 
 def _attr(value: Any) -> str:
@@ -306,6 +301,8 @@ def render_html(doc: TraceDocument, compare: TraceDocument | None = None, *, tit
         '<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_attr(csp)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # An empty data: icon stops the browser from asking for /favicon.ico.
+        '<link rel="icon" href="data:,">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
         '<body class="by-t"><main>'
         f"<h1>{html.escape(title)}</h1>"

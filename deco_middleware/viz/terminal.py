@@ -6,16 +6,18 @@ from typing import Any
 
 from .._deps import require
 from .colors import TEMPERATURE_STOPS, TOP_P_STOPS, hex_color, temperature_rgb, top_p_rgb
-from .document import TraceDocument
+from .document import TraceDocument, visible_control_characters
 
 _LEGEND_STEPS = 9
 
 
 def _visible_token(text: str, piece: str) -> str:
+    # Model output must not drive the terminal: ESC and other controls are shown, never sent.
     if not text:
-        return f"\u27e8{piece}\u27e9"  # part of a character or a special token: show its spelling, dimmed
+        # Part of a character or a special token: show its spelling, dimmed.
+        return f"\u27e8{visible_control_characters(piece)}\u27e9"
     # A newline token keeps its line break but also gets a mark, so its colour can be seen.
-    return text.replace("\n", "\u21b5\n")
+    return visible_control_characters(text).replace("\n", "\u21b5\n")
 
 
 def trace_text(doc: TraceDocument, *, color_by: str = "temperature") -> Any:

@@ -1,0 +1,42 @@
+"""ONNX Runtime backend: an exported LM that exposes its hidden state, and learned decoding on it.
+
+Torch-free at import: the export (``export_lm``) and the Optimum model class need torch and
+``optimum-onnx`` and are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .graph import HIDDEN_STATE_OUTPUT, MissingHiddenStateOutputError, UnsupportedGraphError
+from .runtime import CacheState, OnnxCausalLM, StepOutputs
+
+# name -> module for the parts that need torch / optimum, imported when first used
+_LAZY = {
+    "ExportReport": ".export",
+    "ExportValidationError": ".export",
+    "export_lm": ".export",
+    "ORTModelForCausalLMWithHiddenStates": ".optimum_model",
+    "OnnxLMHead": ".optimum_model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(
+    [
+        "CacheState",
+        "HIDDEN_STATE_OUTPUT",
+        "MissingHiddenStateOutputError",
+        "OnnxCausalLM",
+        "StepOutputs",
+        "UnsupportedGraphError",
+        *_LAZY,
+    ]
+)

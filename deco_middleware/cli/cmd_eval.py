@@ -1,0 +1,154 @@
+"""``deco eval``: pass@1 / pass@k of learned decoding and every baseline, with a resumable cache."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..errors import DecoError
+from .app import _fail, app, console
+
+_STRATEGY_HELP = "Repeatable. greedy | default | static:T,P | oracle | mean-static | edt[:T0,N,theta] | min-p:X | autodeco | autodeco-t | autodeco-p"
+_TASK_HELP = (
+    "Repeatable. rg:NAME[?key=value&...] (a reasoning-gym dataset; `seed` and `size` pick the problems) or a "
+    "JSONL file of {\"prompt\", \"answer\", \"match\": number|exact|contains} lines."
+)
+
+
+class _RichProgress:
+    """Rich progress bars: one per (task, decoding), with the generation speed."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.display = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[speed]}"), console=console,
+        )
+        self._tokens: dict[Any, tuple[int, float]] = {}
+
+    def start(self, label: str, total: int, done: int) -> Any:
+        handle = self.display.add_task(label, total=total, completed=done, speed="")
+        self._tokens[handle] = (0, time.perf_counter())
+        return handle
+
+    def advance(self, handle: Any, tokens: int) -> None:
+        count, started = self._tokens[handle]
+        count += tokens
+        self._tokens[handle] = (count, started)
+        speed = f"{count / max(time.perf_counter() - started, 1e-9):.0f} tok/s"
+        self.display.update(handle, advance=1, speed=speed)
+
+    def finish(self, handle: Any) -> None:
+        pass
+
+
+@app.command("eval")
+def evaluate(
+    task: Annotated[list[str], typer.Option("--task", help=_TASK_HELP)],
+    strategy: Annotated[list[str], typer.Option("--strategy", help=_STRATEGY_HELP)],
+    samples: Annotated[int, typer.Option(min=1, help="K samples per problem (greedy uses one).")] = 4,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Problems per task (rg tasks: default 100).")] = None,
+    seed: Annotated[int, typer.Option(help="Run seed; every sample has its own generator derived from it.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows (problem x sample) per generate() call.")] = 32,
+    model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")] = "default",
+    heads: Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")] = "default",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results document here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write the markdown tables here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a bar chart (PNG) with error bars here.")] = None,
+    cache: Annotated[Path, typer.Option(help="JSONL of finished problems; rerun the same command to resume.")] = Path(
+        "deco-eval-cache.jsonl"
+    ),
+) -> None:
+    """Compare learned decoding with greedy, static, oracle, mean-static, EDT and min-p baselines.
+
+    Answers: the text inside <answer>...</answer> when present, else the whole completion; numeric
+    answers are the LAST number in it; text answers compare case- and whitespace-insensitively.
+    """
+    from ..evaluation import load_task, parse_eval_strategy
+
+    started = time.perf_counter()
+    try:
+        strategies = [parse_eval_strategy(name) for name in strategy]
+        tasks = [load_task(spec, limit=limit) for spec in task]
+    except (DecoError, ValueError) as error:
+        _fail(str(error))
+        return
+    try:
+        from ..default_model import load_model
+        from ..evaluation.cache import ResultCache
+        from ..evaluation.runner import EvaluationRunner
+
+        loaded_model, tokenizer = load_model(model)
+        loaded_heads = None
+        if any(s.needs_heads for s in strategies):
+            from .app import heads_for_model
+
+            loaded_heads = heads_for_model(heads, loaded_model)
+        result_cache = ResultCache(cache)
+        progress = _RichProgress()
+        runner = EvaluationRunner(
+            loaded_model, tokenizer, heads=loaded_heads, samples=samples, seed=seed, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, cache=result_cache, progress=progress,
+        )
+        with progress.display:
+            results = runner.evaluate(tasks, strategies)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished problems are kept in {cache}; rerun the same command to resume.")
+        raise typer.Exit(130) from None
+    except (DecoError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+        return
+    config = _config(
+        tasks, strategy, runner, model=model, heads=loaded_heads, limit=limit, elapsed=time.perf_counter() - started
+    )
+    from ..evaluation.report import markdown_table, results_document, write_json, write_markdown, write_plot
+
+    document = results_document(results, config)
+    typer.echo(markdown_table(document), nl=False)
+    if json_out:
+        write_json(document, json_out)
+    if markdown:
+        write_markdown(document, markdown)
+    if plot:
+        try:
+            write_plot(document, plot)
+        except DecoError as error:
+            _fail(str(error))
+
+
+def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: str, heads: Any, limit: int | None,
+            elapsed: float) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from .._version import __version__
+    from ..evaluation.strategies import EDT_DEFAULTS, ORACLE_TEMPERATURES, ORACLE_TOP_PS
+
+    seconds = runner.generation_seconds
+    return {
+        "model": model,
+        "heads": None if heads is None else {"path": str(heads.directory), "sha256": heads.manifest.onnx.sha256},
+        "tasks": {t.spec: {"description": t.description, "problems": len(t)} for t in tasks},
+        "strategies": list(strategy_names),
+        "samples": runner.samples,
+        "limit": limit,
+        "seed": runner.seed,
+        "max_new_tokens": runner.max_new_tokens,
+        "batch_size": runner.batch_size,
+        "edt": EDT_DEFAULTS,
+        "oracle_grid": {"temperature": list(ORACLE_TEMPERATURES), "top_p_at_best_temperature": list(ORACLE_TOP_PS)},
+        "answer_extraction": "text in <answer></answer> if present else the completion; numbers: last number; "
+        "text: case-folded, whitespace-collapsed exact match; solved = grade >= 1",
+        "generated_tokens": runner.generated_tokens,
+        "generation_seconds": round(seconds, 2),
+        "tokens_per_second": round(runner.generated_tokens / seconds, 1) if seconds else None,
+        "wall_seconds": round(elapsed, 1),
+        "versions": {"deco_middleware": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "command": " ".join(["deco", *sys.argv[1:]]),
+    }

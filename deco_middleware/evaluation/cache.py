@@ -1,0 +1,73 @@
+"""An append-only JSONL file of finished problems, so an interrupted evaluation resumes.
+
+One line per (run fingerprint, task, decoding, problem) with every sample of that problem. A line is
+written and flushed as soon as the problem's last sample finishes; a half-written last line (the
+process was killed mid-write) is ignored on the next load, and that problem is simply redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CACHE_FORMAT = 1
+
+
+def fingerprint(parts: dict[str, Any]) -> str:
+    """A short stable hash of everything that changes a problem's samples."""
+    text = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ResultCache:
+    """Finished problems on disk, keyed by ``(run, task, decoding, problem)``.
+
+    ``path=None`` keeps everything in memory (nothing survives the process).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._records: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.ignored_lines = 0
+        # A killed writer can leave a last line without its newline; the next record must not be glued to it.
+        self._needs_newline = False
+        if self.path is not None and self.path.is_file():
+            self._load()
+
+    @staticmethod
+    def _key(record: dict[str, Any]) -> tuple[str, str, str, str]:
+        return (record["run"], record["task"], record["decoding"], record["problem"])
+
+    def _load(self) -> None:
+        assert self.path is not None  # only called when a path was given
+        text = self.path.read_text(encoding="utf-8")
+        self._needs_newline = bool(text) and not text.endswith("\n")
+        for line in text.splitlines():
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                    self._records[self._key(record)] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.ignored_lines += 1
+
+    def get(self, run: str, task: str, decoding: str, problem: str) -> dict[str, Any] | None:
+        return self._records.get((run, task, decoding, problem))
+
+    def put(self, record: dict[str, Any]) -> None:
+        self._records[self._key(record)] = record
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(("\n" if self._needs_newline else "") + json.dumps(record) + "\n")
+            self._needs_newline = False
+            handle.flush()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+__all__ = ["ResultCache", "fingerprint"]

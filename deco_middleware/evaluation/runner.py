@@ -1,0 +1,392 @@
+"""Batched generation of every (task, strategy) pair, with a resumable cache and progress bars."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._deps import require
+from ..generation import chat_inputs
+from .cache import ResultCache, fingerprint
+from .metrics import RunningMoments, mean_and_stderr, pass_at_k
+from .processors import EntropyTemperatureProcessor, PerRowSampler, StaticDecodingProcessor
+from .strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS, Decoding, EvalStrategy
+from .tasks import Problem, Task
+
+torch = require("torch", purpose="The evaluation harness")
+transformers = require("transformers", purpose="The evaluation harness")
+
+# A sample counts as solved when its grade reaches this (reasoning-gym gives partial credit, e.g.
+# 0.01 for a well-formed wrong answer; only full marks count towards pass@k).
+SOLVED = 1.0 - 1e-9
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_SAMPLES = 4
+
+
+def sample_seed(seed: int, task: str, problem: str, sample: int) -> int:
+    """The seed of one sample's generator: depends on nothing else, in particular not on batching."""
+    digest = hashlib.sha256(f"{seed}|{task}|{problem}|{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class DecodingSummary:
+    """The numbers of one decoding on one task."""
+
+    decoding: str
+    problems: int
+    samples: int
+    pass_at_1: float
+    stderr: float
+    pass_at_k: float
+    mean_length: float
+    temperature_mean: float
+    temperature_std: float
+    top_p_mean: float
+    top_p_std: float
+    generated_tokens: int = 0  # generated in this process (cached problems excluded)
+    generation_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "pass@1": self.pass_at_1,
+            "stderr": self.stderr,
+            "pass@k": self.pass_at_k,
+            "k": self.samples,
+            "samples": self.samples,
+            "problems": self.problems,
+            "mean_length": self.mean_length,
+            "temperature": {"mean": self.temperature_mean, "std": self.temperature_std},
+            "top_p": {"mean": self.top_p_mean, "std": self.top_p_std},
+            "decoding": self.decoding,
+        }
+        out.update(self.extra)
+        return out
+
+
+def summarize(decoding: str, records: Sequence[dict[str, Any]]) -> DecodingSummary:
+    """pass@1 +- standard error over problems, pass@K, lengths and applied T / P moments."""
+    per_problem, at_k = [], []
+    lengths: list[int] = []
+    temperature, top_p = RunningMoments(), RunningMoments()
+    samples = 0
+    for record in records:
+        scores = [s["score"] for s in record["samples"]]
+        solved = sum(score >= SOLVED for score in scores)
+        samples = len(scores)
+        per_problem.append(solved / len(scores))
+        at_k.append(pass_at_k(len(scores), solved, len(scores)))
+        for s in record["samples"]:
+            lengths.append(s["length"])
+            temperature.add_sums(s["length"], *s["temperature_sums"])
+            top_p.add_sums(s["length"], *s["top_p_sums"])
+    pass1, stderr = mean_and_stderr(per_problem)
+    return DecodingSummary(
+        decoding=decoding,
+        problems=len(records),
+        samples=samples,
+        pass_at_1=pass1,
+        stderr=stderr,
+        pass_at_k=sum(at_k) / len(at_k) if at_k else math.nan,
+        mean_length=sum(lengths) / len(lengths) if lengths else math.nan,
+        temperature_mean=temperature.mean,
+        temperature_std=temperature.std,
+        top_p_mean=top_p.mean,
+        top_p_std=top_p.std,
+    )
+
+
+class ProgressHook:
+    """What the runner reports; the CLI plugs a rich progress display in, tests leave it silent."""
+
+    def start(self, label: str, total: int, done: int) -> Any:
+        return None
+
+    def advance(self, handle: Any, tokens: int) -> None:
+        pass
+
+    def finish(self, handle: Any) -> None:
+        pass
+
+
+class EvaluationRunner:
+    """Generates and grades completions for every task and strategy.
+
+    Args:
+        model / tokenizer: a causal LM and its (left-padding) tokenizer.
+        heads: a :class:`~deco_middleware.heads.artifact.DecodingHeads`, needed by the learned strategies.
+        samples: K samples per problem (greedy always uses one).
+        seed: the run seed; each sample's generator is seeded from (seed, task, problem, sample).
+        max_new_tokens / batch_size: generation limits.
+        cache: a :class:`ResultCache`; finished problems are read from and appended to it.
+        progress: a :class:`ProgressHook`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        heads: Any = None,
+        samples: int = DEFAULT_SAMPLES,
+        seed: int = 0,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cache: ResultCache | None = None,
+        progress: ProgressHook | None = None,
+        oracle_temperatures: Sequence[float] = ORACLE_TEMPERATURES,
+        oracle_top_ps: Sequence[float] = ORACLE_TOP_PS,
+    ) -> None:
+        for name, value in (("samples", samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` has to be a positive integer, got {value!r}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.heads = heads
+        self.samples = samples
+        self.seed = seed
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.cache = cache if cache is not None else ResultCache(None)
+        self.progress = progress or ProgressHook()
+        self.oracle_temperatures = tuple(oracle_temperatures)
+        self.oracle_top_ps = tuple(oracle_top_ps)
+        self._summaries: dict[tuple[str, str], DecodingSummary] = {}
+        self.generated_tokens = 0
+        self.generation_seconds = 0.0
+        self._model_key = self._identify_model()
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        eos_ids.add(tokenizer.eos_token_id)
+        self._eos_ids = {int(i) for i in eos_ids if i is not None}
+
+    def _identify_model(self) -> str:
+        from ..hf.identity import model_identity
+
+        identity = model_identity(self.model)
+        values = json.dumps(identity.lm_head_fingerprint.values)
+        return f"{identity.name}:{hashlib.sha256(values.encode()).hexdigest()[:12]}"
+
+    def _run_key(self, decoding: Decoding) -> str:
+        parts: dict[str, Any] = {
+            "model": self._model_key,
+            "seed": self.seed,
+            "samples": self._samples_for(decoding),
+            "max_new_tokens": self.max_new_tokens,
+        }
+        if decoding.learned:
+            parts["heads"] = self.heads.manifest.onnx.sha256
+        return fingerprint(parts)
+
+    def _samples_for(self, decoding: Decoding) -> int:
+        return 1 if decoding.kind == "greedy" else self.samples
+
+    # -- one decoding on one task ----------------------------------------------------------------
+
+    def run_decoding(self, task: Task, decoding: Decoding) -> DecodingSummary:
+        """Generate (or read from the cache) every problem of ``task`` with ``decoding``."""
+        memo = (task.spec, decoding.key)
+        if memo in self._summaries:
+            return self._summaries[memo]
+        if decoding.learned and self.heads is None:
+            raise ValueError(f"Strategy {decoding.key!r} needs trained heads; pass --heads (or `heads=`).")
+        run = self._run_key(decoding)
+        records: dict[str, dict[str, Any]] = {}
+        todo: list[Problem] = []
+        for problem in task.problems:
+            cached = self.cache.get(run, task.spec, decoding.key, problem.id)
+            if cached is not None:
+                records[problem.id] = cached
+            else:
+                todo.append(problem)
+        handle = self.progress.start(f"{task.spec} · {decoding.key}", len(task.problems), len(records))
+        tokens_before, seconds_before = self.generated_tokens, self.generation_seconds
+        for record in self._generate_problems(task, decoding, run, todo):
+            self.cache.put(record)
+            records[record["problem"]] = record
+            self.progress.advance(handle, sum(s["length"] for s in record["samples"]))
+        self.progress.finish(handle)
+        summary = summarize(decoding.key, [records[p.id] for p in task.problems])
+        summary.generated_tokens = self.generated_tokens - tokens_before
+        summary.generation_seconds = self.generation_seconds - seconds_before
+        self._summaries[memo] = summary
+        return summary
+
+    def _generate_problems(
+        self, task: Task, decoding: Decoding, run: str, problems: list[Problem]
+    ) -> Iterator[dict[str, Any]]:
+        samples = self._samples_for(decoding)
+        rows = [(problem, k) for problem in problems for k in range(samples)]
+        pending: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            seeds = [sample_seed(self.seed, task.spec, problem.id, k) for problem, k in batch]
+            outputs = self._generate_batch([problem.prompt for problem, _ in batch], decoding, seeds)
+            for (problem, k), output in zip(batch, outputs):
+                output["score"] = float(problem.grade(output["text"]))
+                output["sample"] = k
+                pending.setdefault(problem.id, []).append(output)
+                if len(pending[problem.id]) == samples:
+                    yield {
+                        "run": run,
+                        "task": task.spec,
+                        "decoding": decoding.key,
+                        "problem": problem.id,
+                        "answer": problem.answer,
+                        "samples": pending.pop(problem.id),
+                    }
+
+    def _generate_batch(self, prompts: list[str], decoding: Decoding, seeds: list[int]) -> list[dict[str, Any]]:
+        inputs = chat_inputs(self.tokenizer, prompts)
+        prompt_length = inputs["input_ids"].shape[1]
+        common = {
+            "max_new_tokens": self.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            # Sampling happens in PerRowSampler, so generate() itself runs greedy over what it leaves.
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+        rows = len(prompts)
+        processors: list[Any] = []
+        edt: EntropyTemperatureProcessor | None = None
+        if decoding.kind == "static":
+            processors.append(StaticDecodingProcessor(decoding.temperature, decoding.top_p, decoding.min_p))
+        elif decoding.kind == "edt":
+            t0, n, theta = decoding.edt or (1.0, 0.8, 1.0)
+            edt = EntropyTemperatureProcessor(t0, n, theta)
+            processors.append(edt)
+        sampler = [] if decoding.kind == "greedy" else [PerRowSampler(seeds)]
+        started = time.perf_counter()
+        if decoding.learned:
+            from ..hf import LearnedDecoding
+
+            learned = LearnedDecoding(
+                self.heads,
+                record_trace=True,
+                use_temperature_head=decoding.use_temperature_head,
+                use_top_p_head=decoding.use_top_p_head,
+            )
+            with learned.attach(self.model) as session:
+                processor_list = transformers.LogitsProcessorList([*session.logits_processor, *sampler])
+                sequences = self.model.generate(**inputs, logits_processor=processor_list, **common)
+            trace = session.trace
+            steps = sequences.shape[1] - prompt_length
+            applied_t = torch.tensor([s.temperature for s in trace.steps[:steps]], dtype=torch.float64).T
+            applied_p = torch.tensor([s.top_p for s in trace.steps[:steps]], dtype=torch.float64).T
+        else:
+            processor_list = transformers.LogitsProcessorList([*processors, *sampler])
+            sequences = self.model.generate(**inputs, logits_processor=processor_list, **common)
+            steps = sequences.shape[1] - prompt_length
+            if edt is not None:
+                applied_t = torch.stack(edt.applied[:steps], dim=1).double()
+            else:
+                applied_t = torch.full((rows, steps), decoding.temperature, dtype=torch.float64)
+            applied_p = torch.full((rows, steps), decoding.top_p, dtype=torch.float64)
+        self.generation_seconds += time.perf_counter() - started
+        outputs = []
+        new_tokens = sequences[:, prompt_length:].tolist()
+        for row, ids in enumerate(new_tokens):
+            # generate() pads rows that finished early; a row ends at (and includes) its first EOS.
+            length = next((i + 1 for i, token in enumerate(ids) if token in self._eos_ids), len(ids))
+            t_row, p_row = applied_t[row, :length], applied_p[row, :length]
+            outputs.append(
+                {
+                    "text": self.tokenizer.decode(ids[:length], skip_special_tokens=True),
+                    "length": length,
+                    "temperature_sums": [float(t_row.sum()), float((t_row**2).sum())],
+                    "top_p_sums": [float(p_row.sum()), float((p_row**2).sum())],
+                }
+            )
+            self.generated_tokens += length
+        return outputs
+
+    # -- strategies ------------------------------------------------------------------------------
+
+    def run_strategy(self, task: Task, strategy: EvalStrategy) -> DecodingSummary:
+        """The summary of ``strategy`` on ``task`` (``oracle`` and ``mean-static`` search first)."""
+        if strategy.decoding is not None:
+            return self.run_decoding(task, strategy.decoding)
+        if strategy.name == "oracle":
+            return self._oracle(task)
+        if strategy.name == "mean-static":
+            return self._mean_static(task)
+        raise ValueError(f"Strategy {strategy.name!r} has no decoding.")  # parse_eval_strategy prevents this
+
+    def _oracle(self, task: Task) -> DecodingSummary:
+        return select_oracle(
+            lambda temperature, top_p: self.run_decoding(task, Decoding("static", temperature, top_p)),
+            self.oracle_temperatures,
+            self.oracle_top_ps,
+        )
+
+    def _mean_static(self, task: Task) -> DecodingSummary:
+        if self.heads is None:
+            raise ValueError("Strategy 'mean-static' needs trained heads; pass --heads (or `heads=`).")
+        learned = self.run_decoding(task, Decoding("learned"))
+        temperature = round(learned.temperature_mean, 3)
+        top_p = min(round(learned.top_p_mean, 3), 1.0)
+        summary = self.run_decoding(task, Decoding("static", temperature, top_p))
+        return _with_extra(summary, {"chosen": {"temperature": temperature, "top_p": top_p, "from": "autodeco"}})
+
+    def evaluate(self, tasks: Sequence[Task], strategies: Sequence[EvalStrategy]) -> dict[str, dict[str, DecodingSummary]]:
+        """``{task spec: {strategy name: summary}}``, in the order given."""
+        results: dict[str, dict[str, DecodingSummary]] = {}
+        for task in tasks:
+            results[task.spec] = {strategy.name: self.run_strategy(task, strategy) for strategy in strategies}
+        return results
+
+
+def _with_extra(summary: DecodingSummary, extra: dict[str, Any]) -> DecodingSummary:
+    from dataclasses import replace
+
+    return replace(summary, extra={**summary.extra, **extra})
+
+
+def select_oracle(
+    evaluate: Callable[[float, float], DecodingSummary],
+    temperatures: Sequence[float] = ORACLE_TEMPERATURES,
+    top_ps: Sequence[float] = ORACLE_TOP_PS,
+) -> DecodingSummary:
+    """The paper's test-set oracle: the best T at P=1, then the best P at that T.
+
+    Ties keep the earlier grid point (lower T, then lower P), so the choice is deterministic.
+    """
+    if not temperatures or not top_ps:
+        raise ValueError(f"The oracle grid needs at least one temperature and one top-p, got {temperatures!r} and {top_ps!r}.")
+    grid: dict[str, float] = {}
+    best_t, best_t_score = temperatures[0], -math.inf
+    for temperature in temperatures:
+        summary = evaluate(temperature, 1.0)
+        grid[f"T={temperature:g},P=1"] = summary.pass_at_1
+        if summary.pass_at_1 > best_t_score:
+            best_t, best_t_score = temperature, summary.pass_at_1
+    best, best_score, best_p = None, -math.inf, top_ps[0]
+    for top_p in top_ps:
+        summary = evaluate(best_t, top_p)
+        grid[f"T={best_t:g},P={top_p:g}"] = summary.pass_at_1
+        if summary.pass_at_1 > best_score:
+            best, best_score, best_p = summary, summary.pass_at_1, top_p
+    assert best is not None  # top_ps is not empty, so the loop above set it
+    return _with_extra(best, {"chosen": {"temperature": best_t, "top_p": best_p}, "grid": grid})
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DEFAULT_SAMPLES",
+    "DecodingSummary",
+    "EvaluationRunner",
+    "ProgressHook",
+    "sample_seed",
+    "select_oracle",
+    "summarize",
+]

@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .graph import HIDDEN_STATE_OUTPUT, MissingHiddenStateOutputError, UnsupportedGraphError
-from .runtime import CacheState, OnnxCausalLM, StepOutputs
+from .backend import default_onnx_path, ensure_default_onnx, generate_text_ort, heads_for_identity, resolve_onnx_model
+from .loop import GenerationResult, OnnxGenerator, TokenEvent, left_pad
+from .runtime import CacheState, OnnxCausalLM, StepOutputs, position_ids_for
+from .text import ChatTokenizer
 
 # name -> module for the parts that need torch / optimum, imported when first used
 _LAZY = {
@@ -32,11 +35,22 @@ def __getattr__(name: str) -> Any:
 __all__ = sorted(
     [
         "CacheState",
+        "ChatTokenizer",
+        "GenerationResult",
         "HIDDEN_STATE_OUTPUT",
         "MissingHiddenStateOutputError",
         "OnnxCausalLM",
+        "OnnxGenerator",
         "StepOutputs",
+        "TokenEvent",
         "UnsupportedGraphError",
+        "default_onnx_path",
+        "ensure_default_onnx",
+        "generate_text_ort",
+        "heads_for_identity",
+        "left_pad",
+        "position_ids_for",
+        "resolve_onnx_model",
         *_LAZY,
     ]
 )

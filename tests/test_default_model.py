@@ -75,6 +75,10 @@ def test_default_model_is_provisioned_as_a_normal_folder(default_model):
     assert model.config.architectures == ["LlamaForCausalLM"]
     assert (model.config.hidden_size, model.get_output_embeddings().weight.shape[0]) == (576, 49152)
     assert tokenizer.chat_template
+    # The GGUF's RoPE base must survive the round trip on every transformers line (4.57 would
+    # otherwise read its default of 10000 from a folder written by 5.x).
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    assert rope.get("rope_theta", getattr(model.config, "rope_theta", None)) == 100000.0
 
 
 @pytest.mark.model

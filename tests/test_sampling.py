@@ -151,3 +151,50 @@ def test_impossible_settings_fail_at_construction(kwargs, message):
 def test_unknown_engine_lists_supported():
     with pytest.raises(TypeError, match="supported engines: numpy, torch"):
         nucleus_filter([[1.0, 2.0]], [0.5])
+
+
+def random_rows(rng, batch, vocab):
+    """Logits with the shapes that break nucleus filters: peaked, flat, tied and one-hot-like rows."""
+    kind = rng.integers(0, 5)
+    if kind == 0:
+        return rng.normal(size=(batch, vocab)) * rng.uniform(0.5, 8)
+    if kind == 1:  # heavy ties: few distinct values
+        return rng.integers(0, 4, size=(batch, vocab)).astype(np.float64) * rng.uniform(0.5, 3)
+    if kind == 2:  # one token holds almost all mass
+        rows = rng.normal(size=(batch, vocab))
+        rows[np.arange(batch), rng.integers(0, vocab, batch)] += 40
+        return rows
+    if kind == 3:  # nearly flat: nucleus larger than the candidate window, forcing the fallback
+        return rng.normal(size=(batch, vocab)) * 0.01
+    rows = rng.normal(size=(batch, vocab)) * 4  # with -inf already masked by an earlier filter
+    rows[rng.random((batch, vocab)) < 0.3] = -np.inf
+    rows[:, 0] = 5.0
+    return rows
+
+
+@pytest.mark.parametrize("engine_name", sorted(ENGINES))
+def test_fast_nucleus_selects_exactly_the_full_sort_tokens(engine_name):
+    from deco_middleware.sampling import nucleus_filter_reference
+
+    make = ENGINES[engine_name]
+    rng = np.random.default_rng(123)
+    for trial in range(300):
+        batch, vocab = int(rng.integers(1, 6)), int(rng.choice([5, 70, 1000]))
+        logits = make(random_rows(rng, batch, vocab))
+        top_p = make(rng.choice([0.0, 0.05, 0.3, 0.5, 0.9, 0.95, 0.999, 1.0], size=batch))
+        fast, fast_sizes = nucleus_filter(logits, top_p, candidates=16)
+        ref, ref_sizes = nucleus_filter_reference(logits, top_p)
+        np.testing.assert_array_equal(np.isfinite(to_numpy(fast)), np.isfinite(to_numpy(ref)), err_msg=f"trial {trial}")
+        np.testing.assert_array_equal(to_numpy(fast_sizes), to_numpy(ref_sizes))
+
+
+def test_bench_reports_interleaved_ratios_on_a_tiny_model(tiny_model, tiny_tokenizer, tiny_heads):
+    from deco_middleware.bench import run_bench, to_markdown
+
+    result = run_bench(tiny_model, tiny_tokenizer, tiny_heads, batch_sizes=(1, 3), new_tokens=3, repeats=1)
+    assert [run["batch"] for run in result["runs"]] == [1, 3]
+    for run in result["runs"]:
+        assert run["time_ratio"] == pytest.approx(run["baseline_tokens_per_s"] / run["autodeco_tokens_per_s"])
+        assert run["peak_rss_mb"] > 0
+    assert set(result["heads_step_us"]["3"]) >= {"tap", "heads_onnx", "temperature", "nucleus", "nucleus_full_sort"}
+    assert "| torch | 3 |" in to_markdown(result)

@@ -188,6 +188,9 @@ def effective_generation_values(model_or_pipeline: Any, call_kwargs: dict[str, A
     """temperature/top_p/top_k as generate() will see them: model config, pipeline defaults, call."""
     model = model_or_pipeline.model if _is_pipeline(model_or_pipeline) else model_or_pipeline
     config = getattr(model, "generation_config", None)
+    if _is_pipeline(model_or_pipeline) and getattr(model_or_pipeline, "generation_config", None) is not None:
+        # transformers 4.57 pipelines keep their own config: model values over pipeline defaults.
+        config = model_or_pipeline.generation_config
     library_defaults = transformers.GenerationConfig()
     values: dict[str, Any] = {}
     for key in ("temperature", "top_p", "top_k"):

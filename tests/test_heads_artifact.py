@@ -190,3 +190,20 @@ def test_public_names_are_sorted_and_importable():
     assert deco_middleware.__all__ == sorted(deco_middleware.__all__)
     for name in deco_middleware.__all__:
         assert getattr(deco_middleware, name) is not None, name
+
+
+def test_installed_wheel_carries_the_shipped_heads():
+    from pathlib import Path
+
+    import deco_middleware
+    from deco_middleware import list_shipped_heads
+
+    package = Path(deco_middleware.__file__).resolve().parent
+    if (package.parent / "pyproject.toml").is_file():
+        pytest.skip("imported from a source checkout; tox installs the built package and runs this check")
+    checkout_heads = Path(__file__).resolve().parent.parent / "onnx"
+    expected = sorted(p.name for p in checkout_heads.iterdir() if (p / MANIFEST_NAME).is_file())
+    assert (package / "_shipped_heads" / "README.md").is_file()
+    assert list_shipped_heads() == expected
+    for name in expected:
+        DecodingHeads.from_pretrained(name)  # sha256 verified, loads in ONNX Runtime

@@ -1,0 +1,281 @@
+"""Evaluation harness on a tiny in-memory model: processors, determinism, resume, oracle, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from deco_middleware.evaluation import load_task, parse_eval_strategy  # noqa: E402
+from deco_middleware.evaluation.cache import ResultCache  # noqa: E402
+from deco_middleware.evaluation.processors import (  # noqa: E402
+    EntropyTemperatureProcessor,
+    PerRowSampler,
+    StaticDecodingProcessor,
+)
+from deco_middleware.evaluation.runner import DecodingSummary, EvaluationRunner, select_oracle  # noqa: E402
+
+PROMPTS = ["w1 w2 w3", "w4 w5", "w6 w7 w8 w9", "w10", "w11 w12 w13", "w14 w15"]
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    # "contains" on word tokens: the tiny model sometimes says these words, so scores are not all 0.
+    lines = [{"prompt": p, "answer": f"w{i * 7 % 20}", "match": "contains"} for i, p in enumerate(PROMPTS)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _runner(tiny_model, tiny_tokenizer, **kwargs):
+    options = {"samples": 2, "max_new_tokens": 4, "batch_size": 4, "seed": 3}
+    options.update(kwargs)
+    return EvaluationRunner(tiny_model, tiny_tokenizer, **options)
+
+
+# -- processors -----------------------------------------------------------------------------------
+
+
+def test_baseline_processors_never_edit_scores_in_place():
+    scores = torch.randn(3, 50)
+    original = scores.clone()
+    ids = torch.zeros(3, 1, dtype=torch.long)
+    for processor in (StaticDecodingProcessor(0.5, 0.8, min_p=0.05), EntropyTemperatureProcessor(), PerRowSampler([1, 2, 3])):
+        processor(ids, scores)
+        assert torch.equal(scores, original), type(processor).__name__
+
+
+def test_static_processor_matches_division_and_nucleus():
+    scores = torch.tensor([[3.0, 2.0, 1.0, -5.0]])
+    out = StaticDecodingProcessor(2.0, 0.7)(torch.zeros(1, 1, dtype=torch.long), scores)
+    probs = torch.softmax(scores / 2.0, dim=-1)[0]
+    assert probs[0] < 0.7 <= probs[0] + probs[1]  # so the nucleus is exactly the first two tokens
+    torch.testing.assert_close(out[0, :2], scores[0, :2] / 2.0)
+    assert out[0, 2:].isinf().all()
+    with pytest.raises(ValueError, match="`temperature` has to be a strictly positive float, got 0"):
+        StaticDecodingProcessor(0, 1.0)
+
+
+def test_edt_temperature_follows_the_formula():
+    scores = torch.randn(4, 30) * torch.tensor([[0.1], [1.0], [3.0], [10.0]])
+    edt = EntropyTemperatureProcessor(base_temperature=0.9, exponent_base=0.8, theta=0.5, min_temperature=1e-4)
+    out = edt(torch.zeros(4, 1, dtype=torch.long), scores)
+    probs = torch.softmax(scores, dim=-1)
+    entropy = -(probs * probs.log()).sum(-1)
+    expected = 0.9 * 0.8 ** (0.5 / entropy)
+    torch.testing.assert_close(edt.applied[0], expected)
+    torch.testing.assert_close(out, scores / expected[:, None])
+    assert edt.applied[0][0] > edt.applied[0][3]  # flatter rows (higher entropy) get a higher temperature
+
+
+def test_per_row_sampler_does_not_depend_on_the_other_rows():
+    torch.manual_seed(0)
+    scores = torch.randn(4, 200)
+    together = PerRowSampler([11, 12, 13, 14])
+    alone = PerRowSampler([13])
+    ids = torch.zeros(4, 1, dtype=torch.long)
+    for _ in range(5):
+        picked = together(ids, scores).argmax(-1)
+        assert picked[2] == alone(ids[2:3], scores[2:3]).argmax(-1)[0]
+
+
+# -- runner ---------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_numbers_whatever_the_batch_size(tiny_model, tiny_tokenizer, task_file):
+    task = load_task(str(task_file))
+    decoding = parse_eval_strategy("static:1.5,1.0").decoding
+    cache_a, cache_b = ResultCache(None), ResultCache(None)
+    a = _runner(tiny_model, tiny_tokenizer, batch_size=3, cache=cache_a).run_decoding(task, decoding)
+    b = _runner(tiny_model, tiny_tokenizer, batch_size=8, cache=cache_b).run_decoding(task, decoding)
+    texts_a = [[s["text"] for s in r["samples"]] for r in cache_a._records.values()]
+    texts_b = [[s["text"] for s in r["samples"]] for r in cache_b._records.values()]
+    assert texts_a == texts_b
+    assert a.to_dict() == b.to_dict()
+    other_seed = ResultCache(None)
+    _runner(tiny_model, tiny_tokenizer, seed=4, cache=other_seed).run_decoding(task, decoding)
+    assert [[s["text"] for s in r["samples"]] for r in other_seed._records.values()] != texts_a
+
+
+def test_summary_fields_and_applied_values(tiny_model, tiny_tokenizer, task_file, tiny_heads):
+    task = load_task(str(task_file))
+    runner = _runner(tiny_model, tiny_tokenizer, heads=tiny_heads)
+    greedy = runner.run_strategy(task, parse_eval_strategy("greedy"))
+    assert greedy.samples == 1 and greedy.pass_at_1 == greedy.pass_at_k
+    assert (greedy.temperature_mean, greedy.top_p_mean) == (0.0, 1.0)
+    static = runner.run_strategy(task, parse_eval_strategy("static:0.7,0.9"))
+    assert static.samples == 2 and static.problems == len(PROMPTS)
+    assert static.temperature_mean == pytest.approx(0.7) and static.temperature_std == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 <= static.pass_at_1 <= static.pass_at_k <= 1.0
+    assert 1 <= static.mean_length <= 4
+    edt = runner.run_strategy(task, parse_eval_strategy("edt"))
+    assert 0.0 < edt.temperature_mean <= 1.0 and edt.top_p_mean == 1.0
+    autodeco = runner.run_strategy(task, parse_eval_strategy("autodeco"))
+    assert 0.0 < autodeco.temperature_mean < 2.0 and 0.0 < autodeco.top_p_mean < 1.0 and autodeco.temperature_std > 0
+    only_t = runner.run_strategy(task, parse_eval_strategy("autodeco-t"))
+    assert only_t.top_p_mean == 1.0 and only_t.top_p_std == pytest.approx(0.0, abs=1e-6)
+    only_p = runner.run_strategy(task, parse_eval_strategy("autodeco-p"))
+    assert only_p.temperature_mean == 1.0 and only_p.top_p_mean < 1.0
+    mean_static = runner.run_strategy(task, parse_eval_strategy("mean-static"))
+    chosen = mean_static.extra["chosen"]
+    assert chosen["temperature"] == round(autodeco.temperature_mean, 3)
+    assert chosen["top_p"] == round(autodeco.top_p_mean, 3)
+    assert mean_static.temperature_mean == pytest.approx(chosen["temperature"])
+
+
+def test_learned_strategies_without_heads_name_the_fix(tiny_model, tiny_tokenizer, task_file):
+    task = load_task(str(task_file))
+    with pytest.raises(ValueError, match="needs trained heads; pass --heads"):
+        _runner(tiny_model, tiny_tokenizer).run_strategy(task, parse_eval_strategy("mean-static"))
+
+
+def test_interrupted_run_resumes_without_redoing_work(tiny_model, tiny_tokenizer, task_file, tmp_path, monkeypatch):
+    task = load_task(str(task_file))
+    decoding = parse_eval_strategy("default").decoding
+    reference = _runner(tiny_model, tiny_tokenizer, batch_size=2).run_decoding(task, decoding)
+
+    cache_path = tmp_path / "cache.jsonl"
+    real_generate = tiny_model.generate
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _runner(tiny_model, tiny_tokenizer, batch_size=2, cache=ResultCache(cache_path)).run_decoding(task, decoding)
+    # batch_size 2 with 2 samples: one problem per generate() call, so two problems were finished.
+    assert len(cache_path.read_text().splitlines()) == 2
+    with cache_path.open("a") as handle:
+        handle.write('{"run": "half-written')  # a writer killed mid-line
+
+    resumed_calls = []
+
+    def counting(*args, **kwargs):
+        resumed_calls.append(1)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate", counting)
+    cache = ResultCache(cache_path)
+    assert len(cache) == 2 and cache.ignored_lines == 1
+    resumed = _runner(tiny_model, tiny_tokenizer, batch_size=2, cache=cache).run_decoding(task, decoding)
+    assert len(resumed_calls) == len(PROMPTS) - 2
+    assert resumed.to_dict() == reference.to_dict()
+    assert len(ResultCache(cache_path)) == len(PROMPTS)  # the glued-on record after the broken line is readable
+
+    again = []
+    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: again.append(1))
+    _runner(tiny_model, tiny_tokenizer, batch_size=2, cache=ResultCache(cache_path)).run_decoding(task, decoding)
+    assert again == []  # everything came from the cache
+
+
+# -- oracle ---------------------------------------------------------------------------------------
+
+
+def _summary(value: float) -> DecodingSummary:
+    return DecodingSummary("x", 1, 1, value, 0.0, value, 1.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def test_oracle_follows_the_two_stage_grid_with_a_planted_best():
+    calls = []
+
+    def planted(temperature: float, top_p: float) -> DecodingSummary:
+        calls.append((temperature, top_p))
+        # Best T at P=1 is 0.6; at T=0.6 the best P is 0.85, and a point off the searched path (T=1.2,
+        # P=0.6) scores higher still but must not be visited: the oracle is T first, then P.
+        score = 1.0 - abs(temperature - 0.6) - abs(top_p - 0.85) / 2
+        if (temperature, top_p) == (1.2, 0.6):
+            score = 2.0
+        return _summary(score)
+
+    best = select_oracle(planted)
+    assert best.extra["chosen"] == {"temperature": 0.6, "top_p": 0.85}
+    assert calls[:15] == [(round(0.1 * i, 2), 1.0) for i in range(1, 16)]
+    assert calls[15:] == [(0.6, round(0.5 + 0.05 * i, 2)) for i in range(11)]
+    assert len(best.extra["grid"]) == 26 - 1  # (0.6, 1.0) is visited twice but is one grid point
+    with pytest.raises(ValueError, match="at least one temperature"):
+        select_oracle(planted, temperatures=())
+
+
+def test_oracle_on_a_tiny_model_picks_the_planted_setting(tiny_model, tiny_tokenizer, tmp_path):
+    # Plant: the right answer is each prompt's greedy token, so the coldest T and a nucleus that keeps
+    # only the argmax are the best setting; hot sampling loses it.
+    prompts = PROMPTS[:4]
+    inputs = tiny_tokenizer(prompts, return_tensors="pt", padding=True)
+    greedy = tiny_model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=3)[:, -1]
+    path = tmp_path / "planted.jsonl"
+    path.write_text("".join(
+        json.dumps({"prompt": p, "answer": tiny_tokenizer.decode([int(t)]), "match": "exact"}) + "\n"
+        for p, t in zip(prompts, greedy)
+    ))
+    task = load_task(str(path))
+    runner = _runner(tiny_model, tiny_tokenizer, samples=4, max_new_tokens=1, oracle_temperatures=(1.5, 0.1, 1.0),
+                     oracle_top_ps=(1.0, 0.5))
+    oracle = runner.run_strategy(task, parse_eval_strategy("oracle"))
+    assert oracle.extra["chosen"]["temperature"] == 0.1
+    assert oracle.pass_at_1 == 1.0
+    assert runner.run_strategy(task, parse_eval_strategy("static:1.5,1.0")).pass_at_1 < 1.0
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_eval_writes_json_markdown_and_resumes(tiny_model, tiny_tokenizer, tiny_heads_dir, task_file, tmp_path,
+                                                    monkeypatch):
+    from typer.testing import CliRunner
+
+    import deco_middleware.default_model as dm
+    from deco_middleware.cli.app import app
+
+    monkeypatch.setattr(dm, "load_model", lambda name="default", dtype=None: (tiny_model, tiny_tokenizer))
+    out, md, cache = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "c.jsonl"
+    arguments = ["eval", "--task", str(task_file), "--strategy", "greedy", "--strategy", "autodeco", "--strategy",
+                 "mean-static", "--samples", "2", "--max-new-tokens", "3", "--heads", str(tiny_heads_dir),
+                 "--json", str(out), "--markdown", str(md), "--cache", str(cache)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    entries = document["results"][str(task_file)]
+    assert list(entries) == ["greedy", "autodeco", "mean-static"]
+    for entry in entries.values():
+        assert 0.0 <= entry["pass@1"] <= 1.0 and entry["stderr"] >= 0 and 0.0 <= entry["pass@k"] <= 1.0
+        assert entry["problems"] == len(PROMPTS)
+    assert entries["mean-static"]["chosen"]["temperature"] == round(entries["autodeco"]["temperature"]["mean"], 3)
+    assert document["config"]["samples"] == 2 and document["config"]["tokens_per_second"] > 0
+    assert "| mean-static (T=" in md.read_text()
+
+    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: pytest.fail("resumed run generated again"))
+    again = CliRunner().invoke(app, arguments)
+    assert again.exit_code == 0, again.output
+    assert json.loads(out.read_text())["results"] == document["results"]
+
+
+def test_cli_eval_errors_name_the_bad_value(tmp_path):
+    from typer.testing import CliRunner
+
+    from deco_middleware.cli.app import app
+
+    bad_strategy = CliRunner().invoke(app, ["eval", "--task", "x.jsonl", "--strategy", "hot"])
+    assert bad_strategy.exit_code == 2
+    assert "Unknown strategy 'hot'; valid: greedy, default" in " ".join(bad_strategy.output.split())
+    bad_file = tmp_path / "bad.jsonl"
+    bad_file.write_text('{"prompt": "p", "answer": "1"}\n{"prompt": 3}\n')
+    bad_task = CliRunner().invoke(app, ["eval", "--task", str(bad_file), "--strategy", "greedy"])
+    assert bad_task.exit_code == 2
+    message = " ".join(bad_task.output.split())  # rich wraps long lines
+    assert "bad.jsonl, line 2" in message and '"prompt" must be a string, got int 3' in message
+
+
+def test_plot_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from deco_middleware.evaluation.report import write_plot
+
+    document = {"results": {"t1": {"greedy": _summary(0.5).to_dict(), "default": _summary(0.25).to_dict()}}, "config": {}}
+    path = write_plot(document, tmp_path / "chart.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

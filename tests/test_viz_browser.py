@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _viz_samples import hostile_document, static_document
 
 from deco_middleware.viz import write_html
 from deco_middleware.viz.colors import temperature_rgb, top_p_rgb
-from _viz_samples import hostile_document, static_document
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

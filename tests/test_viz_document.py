@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from _viz_samples import hostile_document
 
 from deco_middleware.trace import DecodingTrace, TraceStep
 from deco_middleware.viz import TraceDocument, TraceDocumentError, render_trace, token_texts
-from _viz_samples import hostile_document
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

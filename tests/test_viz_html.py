@@ -9,9 +9,10 @@ import json
 import re
 from html.parser import HTMLParser
 
+from _viz_samples import HOSTILE_TOKENS, hostile_document, static_document
+
 from deco_middleware.viz import render_html
 from deco_middleware.viz.colors import hex_color, temperature_rgb, top_p_rgb
-from _viz_samples import HOSTILE_TOKENS, hostile_document, static_document
 
 
 class PageParser(HTMLParser):
@@ -108,7 +109,7 @@ def test_only_the_page_script_runs_and_the_csp_pins_it_by_hash():
 def test_data_block_cannot_close_its_script_and_round_trips():
     doc, other = hostile_document(), static_document()
     page = render_html(doc, other)
-    block = re.search(r'<script type="application/json" id="trace-data">(.*?)</script>', page, re.S).group(1)
+    block = re.search(r'<script type="application/json" id="trace-data">(.*?)</script>', page, re.DOTALL).group(1)
     assert "<" not in block and ">" not in block and "&" not in block
     data = json.loads(block)
     assert data["runs"] == [json.loads(json.dumps(doc.to_dict())), json.loads(json.dumps(other.to_dict()))]

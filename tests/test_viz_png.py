@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
+from _viz_samples import hostile_document, static_document
 
 from deco_middleware.viz import TraceDocument, png_size, render_png, write_png
 from deco_middleware.viz.png import MAX_WIDTH_PX, MIN_WIDTH_PX, PANEL_HEIGHT_PX, token_label
-from _viz_samples import hostile_document, static_document
 
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from _viz_samples import hostile_document
 
 from deco_middleware.viz import TraceDocument, legend_text, print_trace, trace_text
 from deco_middleware.viz.colors import temperature_rgb, top_p_rgb
-from _viz_samples import hostile_document
 
 rich_console = pytest.importorskip("rich.console")
 from rich.style import Style  # noqa: E402

@@ -35,7 +35,8 @@ def trace(
 ) -> None:
     """Generate a reply with learned decoding and show the T and P chosen for every token.
 
-    Without --html/--png/--json the coloured tokens are printed; with them, files are written too.
+    The coloured tokens are printed (unless --quiet); --html, --png and --json also write files.
+    With --compare, the JSON file holds {"runs": [main, compare]}.
     """
     out = Console()
     try:

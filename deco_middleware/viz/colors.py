@@ -8,6 +8,8 @@ text stays readable on them.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 # (value, (r, g, b)) stops, linearly interpolated; values outside the range are clamped.
 TEMPERATURE_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
     (0.0, (49, 130, 189)),
@@ -29,7 +31,7 @@ TOP_P_RANGE = (0.0, 1.0)
 def _interpolate(value: float, stops: tuple[tuple[float, tuple[int, int, int]], ...]) -> tuple[int, int, int]:
     if value <= stops[0][0]:
         return stops[0][1]
-    for (left, left_rgb), (right, right_rgb) in zip(stops, stops[1:]):
+    for (left, left_rgb), (right, right_rgb) in pairwise(stops):
         if value <= right:
             weight = (value - left) / (right - left)
             return tuple(round(a + (b - a) * weight) for a, b in zip(left_rgb, right_rgb))  # type: ignore[return-value]

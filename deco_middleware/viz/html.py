@@ -188,8 +188,10 @@ def chart_svg(doc: TraceDocument, *, y_max: float = 2.0) -> str:
         return _MARGIN_TOP + plot_h * (1 - min(v, y_max) / y_max)
 
     parts = [
-        f'<svg class="chart" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" '
-        f'aria-label="Temperature and top-p per step" data-x0="{x0:.3f}" data-dx="{dx:.3f}" data-steps="{n}">'
+        (
+            f'<svg class="chart" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" '
+            f'aria-label="Temperature and top-p per step" data-x0="{x0:.3f}" data-dx="{dx:.3f}" data-steps="{n}">'
+        )
     ]
     ticks = [0.0, 0.5, 1.0, 1.5, 2.0] if y_max <= 2.0 else [round(y_max * k / 4, 2) for k in range(5)]
     for tick in ticks:
@@ -230,7 +232,7 @@ def _nice_step(n: int) -> int:
     return max(1, n // 10)
 
 
-def _fmt(value: float | int | None, digits: int = 3) -> str:
+def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "n/a"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)

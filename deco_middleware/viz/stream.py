@@ -8,9 +8,10 @@ without any locking. Iterate the streamer from another thread, as with ``TextIte
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from queue import Queue
-from typing import Any, Iterator
+from typing import Any
 
 from .._deps import require
 from ..errors import DecoError

@@ -64,3 +64,13 @@ def test_generation_result_converts_for_generate_show():
               "strategy": "autodeco", "model": "m", "heads": "h", "seed": 1}
     doc = TraceDocument.from_generation(result, prompt="q")
     assert (doc.tokens, doc.temperature, doc.label, doc.metadata["seed"]) == (["a", " b"], [0.5, 1.5], "autodeco", 1)
+
+
+def test_render_trace_accepts_a_generate_text_result(tmp_path):
+    from deco_middleware.viz import render_trace
+
+    result = {"tokens": ["a", " b"], "token_ids": [5, 6], "temperature": [0.5, 1.5], "top_p": [0.9, 1.0]}
+    console = rich_console.Console(record=True, width=80)
+    doc = render_trace(result, prompt="q", show=True, console=console, json=tmp_path / "t.json")
+    assert doc.text == "a b" and doc.prompt == "q"
+    assert "a b" in console.export_text() and (tmp_path / "t.json").is_file()

@@ -68,7 +68,7 @@ def render_trace(
 
     Args:
         source: a :class:`~deco_middleware.hf.DecodingSession` (its ``.trace``), a :class:`DecodingTrace`,
-            or a :class:`TraceDocument`.
+            a :class:`TraceDocument`, or the dict :func:`deco_middleware.generation.generate_text` returns.
         tokenizer: needed unless ``source`` is already a document.
         prompt: shown above the reply.
         row: which row of a batched generation.
@@ -79,6 +79,8 @@ def render_trace(
     """
     if isinstance(source, TraceDocument):
         doc = source
+    elif isinstance(source, dict) and "tokens" in source and "temperature" in source:
+        doc = TraceDocument.from_generation(source, prompt=prompt)
     else:
         trace = source if isinstance(source, DecodingTrace) else getattr(source, "trace", None)
         if not isinstance(trace, DecodingTrace):

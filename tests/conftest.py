@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from deco_middleware import DecodingHeads, export_heads
 
-from deco_middleware import DecodingHeads, export_heads  # noqa: E402
+# torch and transformers are optional (the `core` tox env has neither): import them in fixtures.
 
 TINY_WORDS = [f"w{i}" for i in range(120)]
 
 
 def make_tiny_tokenizer():
+    transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
@@ -32,6 +32,8 @@ def make_tiny_tokenizer():
 
 
 def make_tiny_model(seed: int = 0, hidden_size: int = 32, vocab_size: int = 128):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2,
@@ -47,6 +49,7 @@ def make_tiny_model(seed: int = 0, hidden_size: int = 32, vocab_size: int = 128)
 
 
 def random_heads_weights(hidden_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    torch = pytest.importorskip("torch")
     from deco_middleware.heads.modules import AutoDecoHeads
 
     torch.manual_seed(seed)

@@ -172,40 +172,36 @@ def _is_pipeline(obj: Any) -> bool:
     return hasattr(obj, "model") and hasattr(obj, "tokenizer") and callable(obj)
 
 
+_SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k")
+
+
 def stacked_warper_settings(generation_values: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``generation_values`` that would apply a second temperature / top-p / top-k."""
-    stacked = {}
-    if generation_values.get("temperature") not in (None, 1.0):
-        stacked["temperature"] = generation_values["temperature"]
-    if generation_values.get("top_p") not in (None, 1.0):
-        stacked["top_p"] = generation_values["top_p"]
-    if generation_values.get("top_k") not in (None, 0):
-        stacked["top_k"] = generation_values["top_k"]
-    return stacked
+    if not generation_values.get("do_sample"):
+        return {}  # generate() only adds its warpers when sampling
+    neutral = {"temperature": (None, 1.0), "top_p": (None, 1.0), "top_k": (None, 0)}
+    return {key: generation_values[key] for key, values in neutral.items() if generation_values.get(key) not in values}
 
 
 def effective_generation_values(model_or_pipeline: Any, call_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """temperature/top_p/top_k as generate() will see them: model config, pipeline defaults, call."""
-    model = model_or_pipeline.model if _is_pipeline(model_or_pipeline) else model_or_pipeline
+    """do_sample/temperature/top_p/top_k as generate() will see them, in generate()'s precedence:
+    the call's arguments, then arguments given to the pipeline, then the model's generation config,
+    then the pipeline's defaults (text-generation: temperature=0.7), then the library defaults."""
+    is_pipeline = _is_pipeline(model_or_pipeline)
+    model = model_or_pipeline.model if is_pipeline else model_or_pipeline
     config = getattr(model, "generation_config", None)
-    if _is_pipeline(model_or_pipeline) and getattr(model_or_pipeline, "generation_config", None) is not None:
-        # transformers 4.57 pipelines keep their own config: model values over pipeline defaults.
+    if is_pipeline and getattr(model_or_pipeline, "generation_config", None) is not None:
+        # transformers 4.57 pipelines keep their own config, already merged over their defaults.
         config = model_or_pipeline.generation_config
-    library_defaults = transformers.GenerationConfig()
-    values: dict[str, Any] = {}
-    for key in ("temperature", "top_p", "top_k"):
-        value = getattr(config, key, None)
-        # A value equal to the library default was not chosen by the model's authors; on 4.57 the
-        # library default top_k=50 still applies, so it is kept unless the call overrides it.
-        values[key] = value if value is not None else getattr(library_defaults, key, None)
-    if _is_pipeline(model_or_pipeline):
-        # Pipelines bring defaults of their own (text-generation: temperature=0.7) and keep the
-        # generation arguments given at construction; both apply unless the call overrides them.
-        for source in ("_generation_defaults", "_generate_kwargs", "_forward_params"):
-            extra = getattr(model_or_pipeline, source, None) or {}
-            values.update({k: v for k, v in extra.items() if k in values})
+    values: dict[str, Any] = {key: getattr(config, key, None) for key in _SAMPLING_KEYS}
+    if is_pipeline:  # transformers 5.x keeps the pieces apart and merges them per call
+        for key, value in (getattr(model_or_pipeline, "_generation_defaults", None) or {}).items():
+            if key in values and values[key] is None:
+                values[key] = value
+        values.update({k: v for k, v in (getattr(model_or_pipeline, "_generate_kwargs", None) or {}).items() if k in values})
     values.update({k: v for k, v in call_kwargs.items() if k in values})
-    return values
+    library_defaults = transformers.GenerationConfig()  # 4.57: top_k=50 applies unless overridden
+    return {key: getattr(library_defaults, key, None) if value is None else value for key, value in values.items()}
 
 
 def check_generate_kwargs(model_or_pipeline: Any, call_kwargs: dict[str, Any], *, stacklevel: int = 2) -> dict[str, Any]:

@@ -173,3 +173,11 @@ def test_render_trace_refuses_what_it_cannot_render(byte_fallback_tokenizer):
     trace, _ = make_trace(byte_fallback_tokenizer)
     with pytest.raises(TraceDocumentError, match="tokenizer"):
         render_trace(trace)
+
+
+def test_viz_public_names_are_sorted_and_resolve():
+    import deco_middleware.viz as viz
+
+    assert viz.__all__ == sorted(viz.__all__)
+    for name in viz.__all__:
+        assert getattr(viz, name) is not None, name

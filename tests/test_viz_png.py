@@ -33,9 +33,9 @@ def test_png_is_a_valid_image_of_the_default_size(tmp_path):
 
 
 def test_png_size_grows_with_tokens_and_compare_adds_a_panel():
-    long_doc = static_document(n=200)
+    long_doc = static_document(n=100)
     width, height = png_size(long_doc, hostile_document())
-    assert width == 120 + 16 * 200 and height == 2 * PANEL_HEIGHT_PX
+    assert width == 120 + 16 * 100 and height == 2 * PANEL_HEIGHT_PX
     with image_of(render_png(long_doc, hostile_document())) as image:
         assert image.size == (width, height)
     huge = static_document(n=2000)

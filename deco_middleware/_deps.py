@@ -20,6 +20,9 @@ _EXTRA_FOR_MODULE = {
     "rich": "cli",
     "reasoning_gym": "train",
     "matplotlib": "viz",
+    "optimum": "ort",
+    "tokenizers": "ort-app",
+    "jinja2": "ort-app",
 }
 
 

@@ -219,3 +219,43 @@ def test_bad_generate_arguments(tiny_export):
         generator.generate([[5]], stop_strings=["x"])
     with pytest.raises(ValueError, match="at least one token"):
         generator.generate([[]])
+
+
+def test_generate_text_ort_returns_the_generate_text_keys(tiny_export, heads_for_tiny):
+    from deco_middleware.ort import generate_text_ort
+
+    streamed = []
+    result = generate_text_ort("w1 w2 w3", model=tiny_export[0], heads=str(heads_for_tiny.directory),
+                               max_new_tokens=5, seed=3, on_token=streamed.append)
+    assert {"text", "tokens", "token_ids", "temperature", "top_p", "strategy", "model", "heads", "seed"} <= set(result)
+    assert result["strategy"] == "autodeco" and result["heads"] == str(heads_for_tiny.directory)
+    assert [e.token_id for e in streamed] == result["token_ids"]
+    assert len(result["temperature"]) == len(result["token_ids"]) == len(result["tokens"])
+    static = generate_text_ort("w1 w2 w3", model=tiny_export[0], strategy="static:0.5,0.9", max_new_tokens=3)
+    assert static["temperature"] == [0.5] * len(static["token_ids"]) and static["heads"] is None
+    greedy = generate_text_ort("w1 w2 w3", model=tiny_export[0], strategy="greedy", max_new_tokens=3)
+    assert greedy["temperature"] == [0.0] * len(greedy["token_ids"])
+
+
+def test_generate_text_ort_refuses_a_transformers_folder(tmp_path):
+    from deco_middleware.ort import generate_text_ort
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="deco export-lm"):
+        generate_text_ort("hi", model=tmp_path)
+
+
+def test_export_lm_cli(tmp_path, tiny_tokenizer):
+    from typer.testing import CliRunner
+
+    from deco_middleware.cli.app import app
+
+    source = tmp_path / "tiny"
+    make_tiny_model(seed=2).save_pretrained(source)
+    tiny_tokenizer.save_pretrained(source)
+    result = CliRunner().invoke(app, ["export-lm", str(source), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / EXPORT_INFO_NAME).read_text())
+    assert report["max_abs_diff_logits"] < 1e-4 and report["base_model"]["name"] == "tiny"
+    again = CliRunner().invoke(app, ["export-lm", str(source), str(tmp_path / "out")])
+    assert again.exit_code == 2 and "--overwrite" in again.output

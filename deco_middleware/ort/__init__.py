@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .graph import HIDDEN_STATE_OUTPUT, MissingHiddenStateOutputError, UnsupportedGraphError
 from .backend import default_onnx_path, ensure_default_onnx, generate_text_ort, heads_for_identity, resolve_onnx_model
+from .graph import HIDDEN_STATE_OUTPUT, MissingHiddenStateOutputError, UnsupportedGraphError
 from .loop import GenerationResult, OnnxGenerator, TokenEvent, left_pad
 from .runtime import CacheState, OnnxCausalLM, StepOutputs, position_ids_for
 from .text import ChatTokenizer
@@ -32,25 +32,27 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted(
-    [
-        "CacheState",
-        "ChatTokenizer",
-        "GenerationResult",
-        "HIDDEN_STATE_OUTPUT",
-        "MissingHiddenStateOutputError",
-        "OnnxCausalLM",
-        "OnnxGenerator",
-        "StepOutputs",
-        "TokenEvent",
-        "UnsupportedGraphError",
-        "default_onnx_path",
-        "ensure_default_onnx",
-        "generate_text_ort",
-        "heads_for_identity",
-        "left_pad",
-        "position_ids_for",
-        "resolve_onnx_model",
-        *_LAZY,
-    ]
-)
+__all__ = [
+    "CacheState",
+    "ChatTokenizer",
+    "ExportReport",
+    "ExportValidationError",
+    "GenerationResult",
+    "HIDDEN_STATE_OUTPUT",
+    "MissingHiddenStateOutputError",
+    "ORTModelForCausalLMWithHiddenStates",
+    "OnnxCausalLM",
+    "OnnxGenerator",
+    "OnnxLMHead",
+    "StepOutputs",
+    "TokenEvent",
+    "UnsupportedGraphError",
+    "default_onnx_path",
+    "ensure_default_onnx",
+    "export_lm",
+    "generate_text_ort",
+    "heads_for_identity",
+    "left_pad",
+    "position_ids_for",
+    "resolve_onnx_model",
+]

@@ -8,14 +8,16 @@ external-data file, and validate the result against the torch model it came from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,20 +66,20 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _quiet_export_warnings() -> warnings.catch_warnings:
+@contextlib.contextmanager
+def _quiet_export_warnings() -> Iterator[None]:
     """The TorchScript tracer warns about every Python branch on tensor shapes in transformers' code.
 
     Those warnings are about third-party code paths that Optimum's export handles; the validation
-    below is what tells whether the exported graph is right.
+    after the export is what tells whether the exported graph is right.
     """
     torch = require("torch", purpose="Exporting an LM")
-    context = warnings.catch_warnings()
-    context.__enter__()
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    return context
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
 
 
 def export_lm(
@@ -135,11 +137,8 @@ def export_lm(
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as work:
         raw_dir, final_dir = Path(work) / "optimum", Path(work) / "final"
         stage("exporting with Optimum (text-generation-with-past)")
-        context = _quiet_export_warnings()
-        try:
+        with _quiet_export_warnings():
             onnx_export_from_model(model, raw_dir, task="text-generation-with-past", do_validation=False)
-        finally:
-            context.__exit__(None, None, None)
 
         stage(f"adding the `{HIDDEN_STATE_OUTPUT}` output")
         proto = onnx.load(str(raw_dir / ONNX_MODEL_NAME))

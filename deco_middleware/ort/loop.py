@@ -195,7 +195,8 @@ class OnnxGenerator:
                 delta = None
                 if decode is not None:
                     text = decode(tokens[row])
-                    delta, texts[row] = text[len(texts[row]) :] if text.startswith(texts[row]) else text, text
+                    # a tokenizer may rewrite earlier text (merging spaces); then the whole text is the delta
+                    delta, texts[row] = text.removeprefix(texts[row]), text
                 if token in eos_ids:
                     reasons[row], active[row] = "eos", False
                 elif stop_strings and any(stop in texts[row] for stop in stop_strings):

@@ -259,3 +259,13 @@ def test_export_lm_cli(tmp_path, tiny_tokenizer):
     assert report["max_abs_diff_logits"] < 1e-4 and report["base_model"]["name"] == "tiny"
     again = CliRunner().invoke(app, ["export-lm", str(source), str(tmp_path / "out")])
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_load_model_ort_is_a_drop_in_for_load_model(tiny_export, heads_for_tiny, batch):
+    from deco_middleware.ort import load_model_ort
+
+    model, tokenizer = load_model_ort(tiny_export[0])
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    with LearnedDecoding(heads_for_tiny, temperature_scale=0.0).attach(model) as session:
+        sequences = session.generate(**batch, max_new_tokens=3, pad_token_id=PAD)
+    assert sequences.shape == (2, batch["input_ids"].shape[1] + 3)

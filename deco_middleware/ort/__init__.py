@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import default_onnx_path, ensure_default_onnx, generate_text_ort, heads_for_identity, resolve_onnx_model
+from .backend import (
+    default_onnx_path,
+    ensure_default_onnx,
+    generate_text_ort,
+    heads_for_identity,
+    load_model_ort,
+    resolve_onnx_model,
+)
 from .graph import HIDDEN_STATE_OUTPUT, MissingHiddenStateOutputError, UnsupportedGraphError
 from .loop import GenerationResult, OnnxGenerator, TokenEvent, left_pad
 from .runtime import CacheState, OnnxCausalLM, StepOutputs, position_ids_for
@@ -53,6 +60,7 @@ __all__ = [
     "generate_text_ort",
     "heads_for_identity",
     "left_pad",
+    "load_model_ort",
     "position_ids_for",
     "resolve_onnx_model",
 ]

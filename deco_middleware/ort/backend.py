@@ -81,6 +81,30 @@ def resolve_onnx_model(model: str | os.PathLike[str]) -> Path:
     raise FileNotFoundError(f"No ONNX LM at {str(path)!r}; pass `default` or a folder written by `deco export-lm`.")
 
 
+def load_model_ort(
+    name_or_path: str | os.PathLike[str] = "default",
+    *,
+    provider: str = DEFAULT_PROVIDER,
+    use_io_binding: bool = False,
+    session_options: Any = None,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` like :func:`deco_middleware.default_model.load_model`, on ONNX Runtime.
+
+    The model is an :class:`~deco_middleware.ort.ORTModelForCausalLMWithHiddenStates` (Optimum),
+    usable wherever the torch model is: ``generate()``, pipelines and ``LearnedDecoding.attach``.
+    ``default`` exports the default model once and caches it. Needs ``deco-middleware[ort]``.
+    """
+    from .compat import load_tokenizer
+    from .optimum_model import ORTModelForCausalLMWithHiddenStates
+
+    path = resolve_onnx_model(name_or_path)
+    directory = path if path.is_dir() else path.parent
+    model = ORTModelForCausalLMWithHiddenStates.from_pretrained(
+        directory, provider=provider, use_io_binding=use_io_binding, session_options=session_options
+    )
+    return model, load_tokenizer(directory)
+
+
 def heads_for_identity(heads: str | DecodingHeads, identity: BaseModelIdentity) -> DecodingHeads:
     """``default``: the shipped heads whose base model matches ``identity``; else a name or path."""
     if isinstance(heads, DecodingHeads):

@@ -1,0 +1,252 @@
+"""``deco train data|cache|fit|all``: build data, cache features, fit and export heads."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..errors import DecoError
+from .app import _fail, app, console
+
+train_app = typer.Typer(help="Train decoding heads for a causal LM on this machine (each stage runs alone too).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")]
+
+
+def _command_line() -> str:
+    return shlex.join(["deco", *sys.argv[1:]])
+
+
+def _summary_path(data: Path) -> Path:
+    return data.with_name(data.stem + ".summary.json")
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"`{name}` must be comma-separated numbers, got {text!r}.") from None
+
+
+def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperatures: str,
+              samples_per_temperature: int, max_new_tokens: int, batch_size: int, seed: int, unsolved: str,
+              loaded: Any = None) -> tuple[Path, dict[str, Any], Any]:
+    from ..default_model import load_model
+    from ..training import SamplingConfig, rejection_sample, write_jsonl
+
+    config = SamplingConfig(
+        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), prompts_per_task=prompts_per_task,
+        temperatures=_floats(temperatures, "--temperatures"), samples_per_temperature=samples_per_temperature,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, unsolved=unsolved,  # type: ignore[arg-type]
+    )
+    loaded = loaded or load_model(model)
+    records, summary = rejection_sample(*loaded, config)
+    summary["model"] = model
+    summary["command"] = _command_line()
+    write_jsonl(records, out)
+    _summary_path(out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _print_yield(summary)
+    return out, summary, loaded
+
+
+def _print_yield(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"rejection sampling: {summary['records']} records, {summary['wall_seconds']} s, "
+                        f"{summary['tokens_per_second']} tok/s")
+    for column in ("task", "prompts", "samples", "correct", "sample acc.", "solved prompts", "kept", "reference"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+    for task, y in summary["tasks"].items():
+        table.add_row(task, str(y["prompts"]), str(y["samples"]), str(y["correct_samples"]),
+                      f"{y['sample_accuracy']:.1%}", str(y["solved_prompts"]), str(y["kept"]), str(y["reference_added"]))
+    console.print(table)
+
+
+def _run_cache(data: Path, out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
+               loaded: Any = None) -> Any:
+    from ..default_model import load_model
+    from ..training import build_cache, read_jsonl
+
+    records = read_jsonl(data)
+    summary_path = _summary_path(data)
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {
+        "source": f"user JSONL {data}", "records": len(records)}
+    loaded = loaded or load_model(model)
+    cache = build_cache(*loaded, records, out, hidden_dtype=hidden_dtype, batch_size=batch_size,
+                        max_length=max_length, data_summary=summary)
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["command"] = _command_line()
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    cache.meta = meta
+    console.print(f"cached {meta['completion_tokens']} completion tokens of {meta['records_used']} records in "
+                  f"{meta['wall_seconds']} s ({meta['tokens_per_second']} tok/s) -> {out}")
+    return cache
+
+
+def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool, **options: Any) -> Path:
+    from ..training import FeatureCache, LossConfig, TrainConfig, export_trained_heads, fit
+
+    cache = FeatureCache.open(cache_dir)
+    loss = LossConfig(heads=options.pop("heads"), top_p_steepness=options.pop("steepness"),
+                      weight_by_label_probability=options.pop("weighting"),
+                      easy_token_drop=options.pop("easy_token_drop"),
+                      top_p_grad_to_temperature=options.pop("top_p_grad_to_temperature"))
+    config = TrainConfig(loss=loss, **options)
+    result = fit(cache, config, work_dir=work_dir or cache_dir / "fit", resume=resume)
+    commands = {"data": (cache.meta.get("data_summary") or {}).get("command"), "cache": cache.meta.get("command"),
+                "fit": _command_line()}
+    # Every stage's command is recorded, so the whole pipeline can be replayed from the manifest.
+    export_trained_heads(result, cache, config, out, command=commands)
+    v0, v1 = result.validation_before, result.validation
+    if v1:
+        console.print(f"validation loss {v0.get('loss')} -> {v1.get('loss')}; T {v1['temperature_mean']}±"
+                      f"{v1['temperature_std']}, P {v1['top_p_mean']}±{v1['top_p_std']}, label in nucleus "
+                      f"{v1['label_in_nucleus']:.1%}, nucleus size {v1['nucleus_size_mean']}")
+    console.print(f"{result.steps} steps in {result.wall_seconds} s ({result.tokens_per_second} tok/s) -> {out}")
+    return out
+
+
+_TASKS_HELP = "Comma-separated reasoning-gym training tasks (easy configurations built in)."
+
+
+@train_app.command("data")
+def data_command(
+    out: Annotated[Path, typer.Option(help="JSONL file to write (a .summary.json is written next to it).")],
+    model: ModelOption = "default",
+    tasks: Annotated[str, typer.Option(help=_TASKS_HELP)] = ("basic_arithmetic,chain_sum,products,leg_counting,"
+                                                             "letter_counting,simple_equations,spell_backward,word_sorting"),
+    prompts_per_task: Annotated[int, typer.Option(min=1)] = 24,
+    temperatures: Annotated[str, typer.Option(help="Sampling temperatures, comma-separated.")] = "0.5,0.9,1.2",
+    samples_per_temperature: Annotated[int, typer.Option(min=1)] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    batch_size: Annotated[int, typer.Option(min=1)] = 48,
+    seed: Annotated[int, typer.Option()] = 0,
+    unsolved: Annotated[str, typer.Option(help="Never-solved prompts: `drop` them or add the `reference` answer.")] = "drop",
+) -> None:
+    """Rejection sampling: sample, grade with each task's scorer, keep the correct completions."""
+    try:
+        _run_data(out, model, tasks, prompts_per_task, temperatures, samples_per_temperature, max_new_tokens,
+                  batch_size, seed, unsolved)
+    except (DecoError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+
+
+@train_app.command("cache")
+def cache_command(
+    data: Annotated[Path, typer.Option(help='JSONL of {"prompt", "completion"} records.')],
+    out: Annotated[Path, typer.Option(help="Cache folder to write.")],
+    model: ModelOption = "default",
+    hidden_dtype: Annotated[str, typer.Option(help="float16 (exact for bf16 models) or float32.")] = "float16",
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_length: Annotated[int, typer.Option(min=2)] = 1024,
+) -> None:
+    """Run the frozen model once; store hidden states and labels of the completion tokens."""
+    try:
+        _run_cache(data, out, model, hidden_dtype, batch_size, max_length)
+    except (DecoError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+
+
+def _fit_options(heads: str, learning_rate: float, weight_decay: float, batch_tokens: int, epochs: int,
+                 max_steps: Optional[int], seed: int, validation_fraction: float, checkpoint_every: int,
+                 steepness: float, weighting: bool, easy_token_drop: float, top_p_grad_to_temperature: bool
+                 ) -> dict[str, Any]:
+    return dict(heads=heads, learning_rate=learning_rate, weight_decay=weight_decay, batch_tokens=batch_tokens,
+                epochs=epochs, max_steps=max_steps, seed=seed, validation_fraction=validation_fraction,
+                checkpoint_every=checkpoint_every, steepness=steepness, weighting=weighting,
+                easy_token_drop=easy_token_drop, top_p_grad_to_temperature=top_p_grad_to_temperature)
+
+
+HeadsOpt = Annotated[str, typer.Option("--heads", help="both | temperature | top_p")]
+LrOpt = Annotated[float, typer.Option("--lr", help="AdamW learning rate (reference 5e-6 on 7B+ models).")]
+WdOpt = Annotated[float, typer.Option()]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Completion tokens per step.")]
+EpochsOpt = Annotated[int, typer.Option(min=1)]
+MaxStepsOpt = Annotated[Optional[int], typer.Option(min=1)]
+ValOpt = Annotated[float, typer.Option(min=0.0, max=0.9)]
+CkptOpt = Annotated[int, typer.Option(min=1)]
+SteepOpt = Annotated[float, typer.Option(help="alpha of the soft top-p mask (reference 30).")]
+WeightOpt = Annotated[bool, typer.Option("--weighting/--no-weighting", help="Weight tokens by the model's p(label).")]
+DropOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Easy-token drop probability (reference 0.6; 0 = off).")]
+GradOpt = Annotated[bool, typer.Option("--top-p-grad-to-temperature/--no-top-p-grad-to-temperature")]
+ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint in the work dir.")]
+
+
+@train_app.command("fit")
+def fit_command(
+    cache: Annotated[Path, typer.Option(help="Cache folder from `deco train cache`.")],
+    out: Annotated[Path, typer.Option(help="Heads folder to write (heads.onnx + manifest.json).")],
+    work_dir: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: CACHE/fit).")] = None,
+    resume: ResumeOpt = True,
+    heads: HeadsOpt = "both",
+    learning_rate: LrOpt = 1e-3,
+    weight_decay: WdOpt = 0.0,
+    batch_tokens: BatchOpt = 128,
+    epochs: EpochsOpt = 1,
+    max_steps: MaxStepsOpt = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    validation_fraction: ValOpt = 0.1,
+    checkpoint_every: CkptOpt = 50,
+    steepness: SteepOpt = 30.0,
+    weighting: WeightOpt = True,
+    easy_token_drop: DropOpt = 0.6,
+    top_p_grad_to_temperature: GradOpt = True,
+) -> None:
+    """Train the heads on a cache (AdamW, seeded, resumable) and export them."""
+    try:
+        _run_fit(cache, out, work_dir, resume, **_fit_options(
+            heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
+            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature))
+    except (DecoError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+
+
+@train_app.command("all")
+def all_command(
+    work: Annotated[Path, typer.Option(help="Folder for data.jsonl, the cache and checkpoints.")],
+    out: Annotated[Path, typer.Option(help="Heads folder to write (heads.onnx + manifest.json).")],
+    model: ModelOption = "default",
+    tasks: Annotated[str, typer.Option(help=_TASKS_HELP)] = ("basic_arithmetic,chain_sum,products,leg_counting,"
+                                                             "letter_counting,simple_equations,spell_backward,word_sorting"),
+    prompts_per_task: Annotated[int, typer.Option(min=1)] = 24,
+    temperatures: Annotated[str, typer.Option()] = "0.5,0.9,1.2",
+    samples_per_temperature: Annotated[int, typer.Option(min=1)] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    sample_batch_size: Annotated[int, typer.Option(min=1)] = 48,
+    unsolved: Annotated[str, typer.Option()] = "drop",
+    hidden_dtype: Annotated[str, typer.Option()] = "float16",
+    resume: ResumeOpt = True,
+    heads: HeadsOpt = "both",
+    learning_rate: LrOpt = 1e-3,
+    weight_decay: WdOpt = 0.0,
+    batch_tokens: BatchOpt = 128,
+    epochs: EpochsOpt = 1,
+    max_steps: MaxStepsOpt = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    validation_fraction: ValOpt = 0.1,
+    checkpoint_every: CkptOpt = 50,
+    steepness: SteepOpt = 30.0,
+    weighting: WeightOpt = True,
+    easy_token_drop: DropOpt = 0.6,
+    top_p_grad_to_temperature: GradOpt = True,
+) -> None:
+    """data -> cache -> fit -> export, with the model loaded once."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        data = work / "data.jsonl"
+        _, _, loaded = _run_data(data, model, tasks, prompts_per_task, temperatures, samples_per_temperature,
+                                 max_new_tokens, sample_batch_size, seed, unsolved)
+        _run_cache(data, work / "cache", model, hidden_dtype, 8, 1024, loaded=loaded)
+        _run_fit(work / "cache", out, work / "fit", resume, **_fit_options(
+            heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
+            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature))
+    except (DecoError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))

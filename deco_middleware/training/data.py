@@ -1,0 +1,265 @@
+"""Training data: rejection sampling from the frozen model, and user JSONL files.
+
+Rejection sampling follows the reference: sample several completions per prompt from the frozen
+base model (chat template applied, a spread of temperatures), grade each with the task's own
+scorer, and keep the correct ones as prompt/completion pairs. Prompts come from reasoning-gym
+generators with fixed seeds; duplicates (small configurations repeat) are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .._deps import require
+from ..errors import DecoError
+from ..manifest import atomic_write_bytes
+from .grading import grade_reply, CORRECT_SCORE
+
+# Easy configurations of the training tasks: a 135M model must solve them *sometimes* for
+# rejection sampling to yield anything (at the library defaults several score ~0%, METHOD.md).
+TRAINING_TASKS: dict[str, dict[str, Any]] = {
+    "basic_arithmetic": dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=("+", "-"),
+                             allow_parentheses=False, allow_negation=False),
+    "chain_sum": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=1),
+    "products": dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1),
+    "leg_counting": dict(min_animals=1, max_animals=2, min_instances=1, max_instances=3),
+    "letter_counting": dict(min_words=1, max_words=3),
+    "simple_equations": dict(min_terms=2, max_terms=2, min_value=1, max_value=10, operators=("+", "-"),
+                             operators_weights=[0.5, 0.5]),
+    "spell_backward": dict(min_word_len=3, max_word_len=4),
+    "word_sorting": dict(min_words=2, max_words=3, min_word_length=3, max_word_length=6),
+}
+
+UnsolvedPolicy = Literal["drop", "reference"]
+
+
+class TrainingDataError(DecoError, ValueError):
+    """Training data is malformed or holds nothing to train on."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    task: str
+    index: int  # position in the seeded reasoning-gym dataset
+    prompt: str
+    answer: str
+    entry: dict[str, Any] = field(compare=False, repr=False)
+
+
+def task_config(task: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    if task not in TRAINING_TASKS and overrides is None:
+        return {}
+    return {**TRAINING_TASKS.get(task, {}), **(overrides or {})}
+
+
+def make_problems(task: str, count: int, seed: int, config: dict[str, Any] | None = None) -> tuple[list[Problem], Any]:
+    """``count`` distinct prompts of ``task`` (seeded), and the dataset object (for its scorer).
+
+    Small configurations repeat prompts; the generator is asked for more items than needed and
+    duplicates are skipped. Fewer than ``count`` come back when the configuration cannot make more.
+    """
+    reasoning_gym = require("reasoning_gym", purpose="Building training prompts")
+    config = task_config(task) if config is None else config
+    pool = max(4 * count, count + 50)
+    try:
+        dataset = reasoning_gym.create_dataset(task, size=pool, seed=seed, **config)
+    except (ValueError, TypeError, KeyError, AssertionError) as error:
+        raise TrainingDataError(f"reasoning-gym could not build task {task!r} with config {config}: {error}") from error
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for index in range(pool):
+        entry = dataset[index]
+        if entry["question"] in seen:
+            continue
+        seen.add(entry["question"])
+        problems.append(Problem(task, index, entry["question"], str(entry["answer"]), entry))
+        if len(problems) == count:
+            break
+    return problems, dataset
+
+
+@dataclass
+class TaskYield:
+    prompts: int = 0
+    samples: int = 0
+    correct_samples: int = 0
+    solved_prompts: int = 0
+    kept: int = 0
+    reference_added: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(vars(self))
+        out["sample_accuracy"] = round(self.correct_samples / self.samples, 4) if self.samples else 0.0
+        out["solved_share"] = round(self.solved_prompts / self.prompts, 4) if self.prompts else 0.0
+        return out
+
+
+@dataclass
+class SamplingConfig:
+    tasks: Sequence[str] = tuple(TRAINING_TASKS)
+    prompts_per_task: int = 48
+    temperatures: Sequence[float] = (0.3, 0.6, 0.9, 1.2)
+    samples_per_temperature: int = 1
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    batch_size: int = 48
+    seed: int = 0
+    unsolved: UnsolvedPolicy = "drop"
+    max_kept_per_prompt: int | None = None  # None keeps every distinct correct completion
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TRAINING_TASKS]
+        if unknown:
+            raise TrainingDataError(
+                f"Unknown training task(s) {unknown}; the training tasks are: {', '.join(TRAINING_TASKS)}."
+            )
+        if self.unsolved not in ("drop", "reference"):
+            raise TrainingDataError(f"`unsolved` must be 'drop' or 'reference', got {self.unsolved!r}.")
+        if not self.temperatures or any(t <= 0 for t in self.temperatures):
+            raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
+
+
+def _generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, temperature: float, top_p: float,
+                    max_new_tokens: int, seed: int) -> tuple[list[str], int]:
+    torch = require("torch", purpose="Sampling training data")
+    from ..generation import chat_inputs
+
+    inputs = chat_inputs(tokenizer, prompts)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        sequences = model.generate(
+            **inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        )
+    new = sequences[:, inputs["input_ids"].shape[1]:]
+    texts, generated = [], 0
+    eos = tokenizer.eos_token_id
+    for row in new.tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+            finished = True
+        else:
+            finished = False
+        generated += len(row) + int(finished)
+        # A reply cut off by max_new_tokens is kept only if it was graded correct; it then ends
+        # without an end-of-turn token, which `truncated` records so the cache does not add one.
+        texts.append((tokenizer.decode(row, skip_special_tokens=True), finished))
+    return texts, generated
+
+
+def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool = True
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sample, grade and keep correct completions. Returns (records, summary with per-task yield)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    started = time.perf_counter()
+    problems: list[Problem] = []
+    scorers: dict[str, Any] = {}
+    for task in config.tasks:
+        found, dataset = make_problems(task, config.prompts_per_task, config.seed)
+        problems += found
+        scorers[task] = dataset.score_answer
+    # Sorting by prompt length keeps padding small inside each batch.
+    order = sorted(range(len(problems)), key=lambda i: len(problems[i].prompt))
+    jobs = [(t, s) for t in config.temperatures for s in range(config.samples_per_temperature)]
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    yields = {task: TaskYield() for task in config.tasks}
+    for p in problems:
+        yields[p.task].prompts += 1
+    correct: dict[int, list[tuple[str, float, bool]]] = {i: [] for i in range(len(problems))}
+    generated_tokens = 0
+    with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), disable=not progress) as bar:
+        job = bar.add_task("sampling", total=len(jobs) * len(batches), info="")
+        for job_index, (temperature, repeat) in enumerate(jobs):
+            for batch_index, batch in enumerate(batches):
+                seed = config.seed * 1_000_003 + job_index * 1009 + batch_index
+                replies, tokens = _generate_batch(
+                    model, tokenizer, [problems[i].prompt for i in batch], temperature=temperature,
+                    top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=seed,
+                )
+                generated_tokens += tokens
+                for i, (reply, finished) in zip(batch, replies):
+                    problem = problems[i]
+                    yields[problem.task].samples += 1
+                    score = grade_reply(reply, problem.entry, scorers[problem.task])
+                    if score >= CORRECT_SCORE:
+                        yields[problem.task].correct_samples += 1
+                        if reply not in [c[0] for c in correct[i]]:
+                            correct[i].append((reply, temperature, finished))
+                elapsed = time.perf_counter() - started
+                bar.update(job, advance=1, info=f"T={temperature} {generated_tokens / elapsed:.0f} tok/s")
+    records: list[dict[str, Any]] = []
+    for i, problem in enumerate(problems):
+        kept = correct[i][: config.max_kept_per_prompt] if config.max_kept_per_prompt else correct[i]
+        base = {"task": problem.task, "index": problem.index, "seed": config.seed, "prompt": problem.prompt}
+        if kept:
+            yields[problem.task].solved_prompts += 1
+        for reply, temperature, finished in kept:
+            records.append({**base, "completion": reply, "source": "sample", "temperature": temperature,
+                            "truncated": not finished})
+            yields[problem.task].kept += 1
+        if not kept and config.unsolved == "reference":
+            records.append({**base, "completion": problem.answer, "source": "reference", "truncated": False})
+            yields[problem.task].reference_added += 1
+    wall = time.perf_counter() - started
+    summary = {
+        "source": "rejection-sampling",
+        "tasks": {task: {"config": _jsonable(task_config(task)), **yields[task].as_dict()} for task in config.tasks},
+        "sampling": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
+        "records": len(records),
+        "samples": sum(y.samples for y in yields.values()),
+        "generated_tokens": generated_tokens,
+        "wall_seconds": round(wall, 2),
+        "tokens_per_second": round(generated_tokens / wall, 1) if wall else None,
+    }
+    return records, summary
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write records as JSON lines, atomically (a crash leaves the old file or the new one)."""
+    path = Path(path)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read ``{"prompt", "completion"}`` records; a bad line fails naming the file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingDataError(f"No training data at {path}: expected a JSONL file of {{\"prompt\", \"completion\"}}.")
+    records: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            where = f"{path}, line {number}"
+            if not line.strip():
+                raise TrainingDataError(f"{where} is empty; every line must be one JSON object "
+                                        '{"prompt": ..., "completion": ...}. Remove blank lines.')
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TrainingDataError(f"{where} is not valid JSON ({error.msg} at column {error.colno}).") from error
+            if not isinstance(record, dict):
+                raise TrainingDataError(f"{where} must be a JSON object, got {type(record).__name__}.")
+            for key in ("prompt", "completion"):
+                value = record.get(key)
+                if not isinstance(value, str):
+                    got = "missing" if value is None else f"a {type(value).__name__}"
+                    raise TrainingDataError(f"{where}: `{key}` must be a string, but it is {got}.")
+            if not record["completion"].strip():
+                raise TrainingDataError(f"{where}: `completion` is empty; drop the line or give a completion.")
+            records.append(record)
+    if not records:
+        raise TrainingDataError(f"{path} holds no records; nothing to train on.")
+    return records

@@ -200,7 +200,10 @@ def chart_svg(doc: TraceDocument, *, y_max: float = 2.0) -> str:
     bottom = _MARGIN_TOP + plot_h
     parts.append(f'<line class="axis" x1="{_MARGIN_LEFT}" x2="{CHART_WIDTH - _MARGIN_RIGHT}" y1="{bottom}" y2="{bottom}"/>')
     parts.append(f'<line class="axis" x1="{_MARGIN_LEFT}" x2="{_MARGIN_LEFT}" y1="{_MARGIN_TOP}" y2="{bottom}"/>')
-    step_ticks = sorted({0, n - 1, *range(0, n, max(1, _nice_step(n)))}) if n else []
+    tick_every = _nice_step(n)
+    step_ticks = list(range(0, n, tick_every))
+    if n and (n - 1) - step_ticks[-1] >= tick_every / 2:  # label the last step unless it would overlap
+        step_ticks.append(n - 1)
     for i in step_ticks:
         parts.append(f'<text x="{x(i):.1f}" y="{bottom + 16}" text-anchor="middle">{i}</text>')
     parts.append(f'<text x="{CHART_WIDTH - _MARGIN_RIGHT}" y="{CHART_HEIGHT - 2}" text-anchor="end">step</text>')

@@ -113,6 +113,19 @@ def test_lists_of_different_lengths_are_refused_naming_them():
         TraceDocument(prompt="", tokens=["a"], token_ids=[1], temperature=[float("nan")], top_p=[1.0])
 
 
+def test_numpy_values_become_plain_numbers():
+    np = pytest.importorskip("numpy")
+    doc = TraceDocument(
+        prompt="", tokens=["a"], token_ids=[np.int64(4)], temperature=[np.float32(0.5)], top_p=np.array([0.25]),
+        nucleus_size=np.array([3]),
+    )
+    assert doc.temperature == [0.5] and type(doc.temperature[0]) is float
+    assert doc.top_p == [0.25] and type(doc.token_ids[0]) is int
+    json.dumps(doc.to_dict())
+    with pytest.raises(TraceDocumentError, match="top_p"):
+        TraceDocument(prompt="", tokens=["a"], token_ids=[1], temperature=[1.0], top_p=["high"])
+
+
 def test_json_round_trip_keeps_hostile_text(tmp_path):
     doc = hostile_document()
     path = doc.save_json(tmp_path / "trace.json")

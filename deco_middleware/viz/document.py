@@ -72,6 +72,8 @@ class TraceDocument:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("tokens", "token_ids", "temperature", "top_p", "nucleus_size", "token_prob", "pieces", "fallback"):
+            setattr(self, name, list(getattr(self, name)))  # arrays and tuples become lists
         n = len(self.tokens)
         if not self.nucleus_size:
             self.nucleus_size = [None] * n
@@ -92,9 +94,16 @@ class TraceDocument:
                 "`TraceDocument.from_trace(...)` or pass lists of equal length."
             )
         for name in ("temperature", "top_p"):
-            bad = [v for v in getattr(self, name) if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
+            values = getattr(self, name)
+            bad = [v for v in values if not (_is_number(v) and math.isfinite(float(v)) and float(v) >= 0)]
             if bad:
                 raise TraceDocumentError(f"`{name}` must hold finite numbers >= 0; got {bad[:3]}.")
+            # numpy / torch scalars become plain floats, so that JSON and the views see one type.
+            setattr(self, name, [float(v) for v in values])
+        self.token_ids = [int(t) for t in self.token_ids]
+        self.nucleus_size = [None if v is None else int(v) for v in self.nucleus_size]
+        self.token_prob = [None if v is None else float(v) for v in self.token_prob]
+        self.fallback = [bool(v) for v in self.fallback]
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -252,6 +261,14 @@ def token_texts(tokenizer: Any, token_ids: list[int]) -> tuple[list[str], list[s
     else:
         pieces = list(texts)
     return texts, pieces
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (str, bytes, bool))
 
 
 def _eos_ids(tokenizer: Any) -> set[int]:

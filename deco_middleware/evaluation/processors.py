@@ -97,7 +97,7 @@ class EntropyTemperatureProcessor(transformers.LogitsProcessor):
 
 
 class PerRowSampler(transformers.LogitsProcessor):
-    r"""Draws each row's next token with that row's own random generator; keeps only that token.
+    r"""Draws each row's next token with that row's own random generator; only that token stays finite.
 
     Placed last and run with ``do_sample=False``, generate()'s argmax then picks the drawn token.
     Every row owns a generator seeded from (seed, task, problem, sample), so a sample does not
@@ -116,11 +116,17 @@ class PerRowSampler(transformers.LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"PerRowSampler was built for {len(self.generators)} rows, got {scores.shape[0]}.")
-        probs = torch.softmax(scores.float(), dim=-1).cpu()
-        chosen = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(self.generators)])
-        keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-        keep = keep.scatter(-1, chosen.to(scores.device)[:, None], True)
-        return scores.masked_fill(~keep, -math.inf)
+        # Inverse-CDF sampling: one uniform draw per row from that row's generator, then one batched
+        # search. (torch.multinomial with a generator per row measured ~90 ms per row on 49k tokens.)
+        uniform = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
+        cdf = torch.softmax(scores.float(), dim=-1).cpu().double().cumsum(dim=-1)
+        # right=True: the first token whose cumulative mass exceeds the draw, so a zero-probability
+        # (filtered) token, whose cumulative mass equals its predecessor's, is never chosen.
+        chosen = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(-1)
+        chosen = chosen.clamp(max=scores.shape[-1] - 1)
+        # Only the drawn token stays finite; generate()'s argmax needs nothing else from the scores.
+        only_drawn = torch.full_like(scores, -math.inf)
+        return only_drawn.scatter(-1, chosen.to(scores.device)[:, None], 0.0)
 
 
 __all__ = ["EntropyTemperatureProcessor", "PerRowSampler", "StaticDecodingProcessor"]

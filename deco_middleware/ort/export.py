@@ -107,8 +107,9 @@ def export_lm(
     Returns the :class:`ExportReport` (also written to ``out_dir/deco_export.json``). Raises
     :class:`ExportValidationError` when the export does not match torch within ``atol``.
     """
-    torch = require("torch", purpose="Exporting an LM")
+    # optimum first: its install hint (the `ort` extra) also brings torch and transformers
     require("optimum.exporters.onnx", purpose="Exporting an LM to ONNX (`deco export-lm`)")
+    torch = require("torch", purpose="Exporting an LM")
     onnx = require("onnx", purpose="Exporting an LM to ONNX")
     from optimum.exporters.onnx import onnx_export_from_model
 

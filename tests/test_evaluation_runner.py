@@ -271,6 +271,9 @@ def test_cli_eval_errors_name_the_bad_value(tmp_path):
     assert bad_task.exit_code == 2
     message = " ".join(bad_task.output.split())  # rich wraps long lines
     assert "bad.jsonl, line 2" in message and '"prompt" must be a string, got int 3' in message
+    bad_grid = CliRunner().invoke(app, ["eval", "--task", str(bad_file), "--strategy", "oracle", "--oracle-top-ps", "0.5,1.5"])
+    assert bad_grid.exit_code == 2
+    assert "--oracle-top-ps '0.5,1.5': every value must be in (0, 1.0]" in " ".join(bad_grid.output.split())
 
 
 def test_plot_is_a_png(tmp_path):

@@ -64,6 +64,10 @@ def evaluate(
     cache: Annotated[Path, typer.Option(help="JSONL of finished problems; rerun the same command to resume.")] = Path(
         "deco-eval-cache.jsonl"
     ),
+    oracle_temperatures: Annotated[Optional[str], typer.Option(
+        help="Comma-separated T grid of `oracle` (default 0.1,0.2,...,1.5).")] = None,
+    oracle_top_ps: Annotated[Optional[str], typer.Option(
+        help="Comma-separated P grid of `oracle` at its best T (default 0.5,0.55,...,1.0).")] = None,
 ) -> None:
     """Compare learned decoding with greedy, static, oracle, mean-static, EDT and min-p baselines.
 
@@ -72,8 +76,12 @@ def evaluate(
     """
     from ..evaluation import load_task, parse_eval_strategy
 
+    from ..evaluation.strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS
+
     started = time.perf_counter()
     try:
+        temperature_grid = _grid("--oracle-temperatures", oracle_temperatures, ORACLE_TEMPERATURES, high=None)
+        top_p_grid = _grid("--oracle-top-ps", oracle_top_ps, ORACLE_TOP_PS, high=1.0)
         strategies = [parse_eval_strategy(name) for name in strategy]
         tasks = [load_task(spec, limit=limit) for spec in task]
     except (DecoError, ValueError) as error:
@@ -94,7 +102,8 @@ def evaluate(
         progress = _RichProgress()
         runner = EvaluationRunner(
             loaded_model, tokenizer, heads=loaded_heads, samples=samples, seed=seed, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, cache=result_cache, progress=progress,
+            batch_size=batch_size, cache=result_cache, progress=progress, oracle_temperatures=temperature_grid,
+            oracle_top_ps=top_p_grid,
         )
         with progress.display:
             results = runner.evaluate(tasks, strategies)
@@ -122,13 +131,26 @@ def evaluate(
             _fail(str(error))
 
 
+def _grid(option: str, text: str | None, default: tuple[float, ...], *, high: float | None) -> tuple[float, ...]:
+    if text is None:
+        return default
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: write comma-separated numbers, e.g. 0.1,0.5,1.0.") from None
+    if not all(v > 0 and (high is None or v <= high) for v in values):
+        bound = f"in (0, {high}]" if high else "> 0"
+        raise ValueError(f"{option} {text!r}: every value must be {bound}.")
+    return values
+
+
 def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: str, heads: Any, limit: int | None,
             elapsed: float) -> dict[str, Any]:
     import torch
     import transformers
 
     from .._version import __version__
-    from ..evaluation.strategies import EDT_DEFAULTS, ORACLE_TEMPERATURES, ORACLE_TOP_PS
+    from ..evaluation.strategies import EDT_DEFAULTS
 
     seconds = runner.generation_seconds
     return {
@@ -142,7 +164,8 @@ def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: 
         "max_new_tokens": runner.max_new_tokens,
         "batch_size": runner.batch_size,
         "edt": EDT_DEFAULTS,
-        "oracle_grid": {"temperature": list(ORACLE_TEMPERATURES), "top_p_at_best_temperature": list(ORACLE_TOP_PS)},
+        "oracle_grid": {"temperature": list(runner.oracle_temperatures),
+                        "top_p_at_best_temperature": list(runner.oracle_top_ps)},
         "answer_extraction": "text in <answer></answer> if present else the completion; numbers: last number; "
         "text: case-folded, whitespace-collapsed exact match; solved = grade >= 1",
         "generated_tokens": runner.generated_tokens,

@@ -7,7 +7,8 @@ exactly ``--tokens`` new tokens per row with learned decoding (the heads run eve
     DECO_MODEL_CACHE=... python benchmarks/bench_ort.py --rounds 2 --tokens 16
 
 Configurations: torch-bf16 / torch-fp32 (transformers generate, eager), ort-generate /
-ort-generate-iobinding (Optimum's generate on the export), ort-loop (the torch-free numpy loop).
+ort-generate-iobinding (Optimum's generate on the export), ort-loop (the torch-free numpy loop),
+ort-loop:LEVEL (the loop with another graph optimisation level).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ PROMPTS = [
     "List two fruits that are yellow and one that is red.",
 ]
 ALL_CONFIGS = ["torch-bf16", "torch-fp32", "ort-generate", "ort-generate-iobinding", "ort-loop"]
+# the torch-free loop at another graph optimisation level than --opt-level, e.g. `ort-loop:basic`
+LEVEL_CONFIGS = [f"ort-loop:{level}" for level in ("disable", "basic", "extended", "all")]
 
 
 def session_options(threads: int, level: str) -> Any:
@@ -61,7 +64,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--configs", nargs="+", default=ALL_CONFIGS, choices=ALL_CONFIGS)
+    parser.add_argument("--configs", nargs="+", default=ALL_CONFIGS, choices=ALL_CONFIGS + LEVEL_CONFIGS)
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
     parser.add_argument("--opt-level", default="all", choices=["disable", "basic", "extended", "all"])
     parser.add_argument("--onnx", default=None, help="an export folder (default: the default model's cached export)")
@@ -98,6 +101,11 @@ def main() -> None:
     if "ort-loop" in args.configs:
         models["ort-loop"] = OnnxGenerator(OnnxCausalLM(export, session_options=session_options(args.threads, args.opt_level)), heads)
 
+    for name in args.configs:
+        if name.startswith("ort-loop:"):
+            level = name.split(":", 1)[1]
+            models[name] = OnnxGenerator(OnnxCausalLM(export, session_options=session_options(args.threads, level)), heads)
+
     timings: dict[tuple[str, int], list[float]] = {}
     for round_index in range(args.rounds):
         for batch in args.batches:
@@ -108,7 +116,7 @@ def main() -> None:
                 model = models[name]
                 torch.manual_seed(round_index)
                 start = time.perf_counter()
-                if name == "ort-loop":
+                if name.startswith("ort-loop"):
                     # no EOS id given: every row decodes exactly --tokens tokens, like min_new_tokens below
                     result = model.generate(prompts, max_new_tokens=args.tokens, seed=round_index,
                                             pad_token_id=tokenizer.pad_token_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,8 +19,22 @@ app.add_typer(train_app, name="train")
 ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")]
 
 
-def _command_line() -> str:
-    return shlex.join(["deco", *sys.argv[1:]])
+_OPTION_NAMES = {"learning_rate": "--lr"}
+
+
+def _command_line(stage: str, arguments: dict[str, Any]) -> str:
+    """``deco train STAGE`` with every option spelled out (defaults included), rebuilt from the
+    parsed arguments so the record replays the run even if defaults change later."""
+    words = ["deco", "train", stage]
+    for name, value in arguments.items():
+        if value is None:
+            continue
+        option = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        if isinstance(value, bool):
+            words.append(option if value else "--no-" + option[2:])
+        else:
+            words += [option, str(value)]
+    return shlex.join(words)
 
 
 def _summary_path(data: Path) -> Path:
@@ -37,7 +50,7 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
 
 def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperatures: str,
               samples_per_temperature: int, max_new_tokens: int, batch_size: int, seed: int, unsolved: str,
-              loaded: Any = None) -> tuple[Path, dict[str, Any], Any]:
+              loaded: Any = None, command: str = "") -> tuple[Path, dict[str, Any], Any]:
     from ..default_model import load_model
     from ..training import SamplingConfig, rejection_sample, write_jsonl
 
@@ -47,9 +60,11 @@ def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperat
         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, unsolved=unsolved,  # type: ignore[arg-type]
     )
     loaded = loaded or load_model(model)
-    records, summary = rejection_sample(*loaded, config)
+    # Without a terminal (CI, nohup) the progress bar is silent: log one line per batch instead.
+    log = None if console.is_terminal else console.log
+    records, summary = rejection_sample(*loaded, config, progress=console.is_terminal, log=log)
     summary["model"] = model
-    summary["command"] = _command_line()
+    summary["command"] = command
     write_jsonl(records, out)
     _summary_path(out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     _print_yield(summary)
@@ -70,7 +85,7 @@ def _print_yield(summary: dict[str, Any]) -> None:
 
 
 def _run_cache(data: Path, out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
-               loaded: Any = None) -> Any:
+               loaded: Any = None, command: str = "") -> Any:
     from ..default_model import load_model
     from ..training import build_cache, read_jsonl
 
@@ -83,7 +98,7 @@ def _run_cache(data: Path, out: Path, model: str, hidden_dtype: str, batch_size:
                         max_length=max_length, data_summary=summary)
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["command"] = _command_line()
+    meta["command"] = command
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     cache.meta = meta
     console.print(f"cached {meta['completion_tokens']} completion tokens of {meta['records_used']} records in "
@@ -91,7 +106,7 @@ def _run_cache(data: Path, out: Path, model: str, hidden_dtype: str, batch_size:
     return cache
 
 
-def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool, **options: Any) -> Path:
+def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool, command: str, **options: Any) -> Path:
     from ..training import FeatureCache, LossConfig, TrainConfig, export_trained_heads, fit
 
     cache = FeatureCache.open(cache_dir)
@@ -102,7 +117,7 @@ def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool,
     config = TrainConfig(loss=loss, **options)
     result = fit(cache, config, work_dir=work_dir or cache_dir / "fit", resume=resume)
     commands = {"data": (cache.meta.get("data_summary") or {}).get("command"), "cache": cache.meta.get("command"),
-                "fit": _command_line()}
+                "fit": command}
     # Every stage's command is recorded, so the whole pipeline can be replayed from the manifest.
     export_trained_heads(result, cache, config, out, command=commands)
     v0, v1 = result.validation_before, result.validation
@@ -123,18 +138,19 @@ def data_command(
     model: ModelOption = "default",
     tasks: Annotated[str, typer.Option(help=_TASKS_HELP)] = ("basic_arithmetic,chain_sum,products,leg_counting,"
                                                              "letter_counting,simple_equations,spell_backward,word_sorting"),
-    prompts_per_task: Annotated[int, typer.Option(min=1)] = 24,
-    temperatures: Annotated[str, typer.Option(help="Sampling temperatures, comma-separated.")] = "0.5,0.9,1.2",
+    prompts_per_task: Annotated[int, typer.Option(min=1)] = 16,
+    temperatures: Annotated[str, typer.Option(help="Sampling temperatures, comma-separated.")] = "0.6,1.0",
     samples_per_temperature: Annotated[int, typer.Option(min=1)] = 1,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
-    batch_size: Annotated[int, typer.Option(min=1)] = 48,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
     seed: Annotated[int, typer.Option()] = 0,
     unsolved: Annotated[str, typer.Option(help="Never-solved prompts: `drop` them or add the `reference` answer.")] = "drop",
 ) -> None:
     """Rejection sampling: sample, grade with each task's scorer, keep the correct completions."""
+    command = _command_line("data", dict(locals()))
     try:
         _run_data(out, model, tasks, prompts_per_task, temperatures, samples_per_temperature, max_new_tokens,
-                  batch_size, seed, unsolved)
+                  batch_size, seed, unsolved, command=command)
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 
@@ -149,8 +165,9 @@ def cache_command(
     max_length: Annotated[int, typer.Option(min=2)] = 1024,
 ) -> None:
     """Run the frozen model once; store hidden states and labels of the completion tokens."""
+    command = _command_line("cache", dict(locals()))
     try:
-        _run_cache(data, out, model, hidden_dtype, batch_size, max_length)
+        _run_cache(data, out, model, hidden_dtype, batch_size, max_length, command=command)
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 
@@ -201,8 +218,9 @@ def fit_command(
     top_p_grad_to_temperature: GradOpt = True,
 ) -> None:
     """Train the heads on a cache (AdamW, seeded, resumable) and export them."""
+    command = _command_line("fit", dict(locals()))
     try:
-        _run_fit(cache, out, work_dir, resume, **_fit_options(
+        _run_fit(cache, out, work_dir, resume, command, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
             checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature))
     except (DecoError, ValueError, FileNotFoundError) as error:
@@ -216,11 +234,11 @@ def all_command(
     model: ModelOption = "default",
     tasks: Annotated[str, typer.Option(help=_TASKS_HELP)] = ("basic_arithmetic,chain_sum,products,leg_counting,"
                                                              "letter_counting,simple_equations,spell_backward,word_sorting"),
-    prompts_per_task: Annotated[int, typer.Option(min=1)] = 24,
-    temperatures: Annotated[str, typer.Option()] = "0.5,0.9,1.2",
+    prompts_per_task: Annotated[int, typer.Option(min=1)] = 16,
+    temperatures: Annotated[str, typer.Option()] = "0.6,1.0",
     samples_per_temperature: Annotated[int, typer.Option(min=1)] = 1,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
-    sample_batch_size: Annotated[int, typer.Option(min=1)] = 48,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
+    sample_batch_size: Annotated[int, typer.Option(min=1)] = 64,
     unsolved: Annotated[str, typer.Option()] = "drop",
     hidden_dtype: Annotated[str, typer.Option()] = "float16",
     resume: ResumeOpt = True,
@@ -239,13 +257,14 @@ def all_command(
     top_p_grad_to_temperature: GradOpt = True,
 ) -> None:
     """data -> cache -> fit -> export, with the model loaded once."""
+    command = _command_line("all", dict(locals()))
     try:
         work.mkdir(parents=True, exist_ok=True)
         data = work / "data.jsonl"
         _, _, loaded = _run_data(data, model, tasks, prompts_per_task, temperatures, samples_per_temperature,
-                                 max_new_tokens, sample_batch_size, seed, unsolved)
-        _run_cache(data, work / "cache", model, hidden_dtype, 8, 1024, loaded=loaded)
-        _run_fit(work / "cache", out, work / "fit", resume, **_fit_options(
+                                 max_new_tokens, sample_batch_size, seed, unsolved, command=command)
+        _run_cache(data, work / "cache", model, hidden_dtype, 8, 1024, loaded=loaded, command=command)
+        _run_fit(work / "cache", out, work / "fit", resume, command, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
             checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature))
     except (DecoError, ValueError, FileNotFoundError) as error:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -153,8 +153,8 @@ def _generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, temperatu
     return texts, generated
 
 
-def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool = True
-                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool = True,
+                     log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sample, grade and keep correct completions. Returns (records, summary with per-task yield)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -194,7 +194,12 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
                         if reply not in [c[0] for c in correct[i]]:
                             correct[i].append((reply, temperature, finished))
                 elapsed = time.perf_counter() - started
-                bar.update(job, advance=1, info=f"T={temperature} {generated_tokens / elapsed:.0f} tok/s")
+                info = f"T={temperature} {generated_tokens / elapsed:.0f} tok/s"
+                bar.update(job, advance=1, info=info)
+                if log is not None:
+                    done = sum(y.correct_samples for y in yields.values())
+                    log(f"batch {job_index * len(batches) + batch_index + 1}/{len(jobs) * len(batches)} {info} "
+                        f"correct so far {done} ({elapsed:.0f} s)")
     records: list[dict[str, Any]] = []
     for i, problem in enumerate(problems):
         kept = correct[i][: config.max_kept_per_prompt] if config.max_kept_per_prompt else correct[i]

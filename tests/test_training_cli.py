@@ -1,0 +1,47 @@
+"""`deco train cache` and `deco train fit` in-process, on a tiny model saved to disk and a user JSONL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("typer")
+
+from conftest import make_tiny_model, make_tiny_tokenizer  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from deco_middleware import DecodingHeads  # noqa: E402
+from deco_middleware.cli.app import app  # noqa: E402
+
+
+def test_cache_then_fit_from_a_user_jsonl(tmp_path):
+    model_dir = tmp_path / "tiny"
+    make_tiny_model(seed=5).save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    data = tmp_path / "mine.jsonl"
+    lines = [{"prompt": f"w{i} w{i + 1}", "completion": f"w{i + 2} w{i + 3} w{i + 4}"} for i in range(0, 60, 3)]
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "cache", "--data", str(data), "--out", str(tmp_path / "cache"),
+                                 "--model", str(model_dir), "--hidden-dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["records_used"] == 20 and meta["completion_tokens"] == 20 * 4  # 3 words + end of turn
+    result = runner.invoke(app, ["train", "fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "heads"),
+                                 "--heads", "temperature", "--lr", "0.01", "--batch-tokens", "16", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    heads = DecodingHeads.from_pretrained(tmp_path / "heads")
+    assert heads.trained_heads == ("temperature",)
+    commands = heads.manifest.training["command"]
+    assert commands["cache"].startswith("deco") and "fit" in commands["fit"]
+    assert heads.manifest.training["data"]["source"].startswith("user JSONL")
+
+
+def test_bad_jsonl_fails_with_the_line_and_exit_code_2(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", "cache", "--data", str(data), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "line 2" in result.output

@@ -66,11 +66,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--configs", nargs="+", default=ALL_CONFIGS, choices=ALL_CONFIGS + LEVEL_CONFIGS)
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--opt-level", default="all", choices=["disable", "basic", "extended", "all"])
     parser.add_argument("--onnx", default=None, help="an export folder (default: the default model's cached export)")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     source = ensure_default_model()
     export = args.onnx or str(ensure_default_onnx())
     tokenizer = load_tokenizer(source)

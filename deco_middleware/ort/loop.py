@@ -7,6 +7,7 @@ padding, EOS and stop strings, draws from a seeded numpy generator and streams e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,8 +94,8 @@ class OnnxGenerator:
 
     def __init__(
         self,
-        lm: OnnxCausalLM | str,
-        heads: DecodingHeads | str | None = None,
+        lm: OnnxCausalLM | str | os.PathLike[str],
+        heads: DecodingHeads | str | os.PathLike[str] | None = None,
         settings: DecodingSettings | None = None,
         *,
         check_model: bool = True,

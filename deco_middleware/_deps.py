@@ -15,7 +15,7 @@ _EXTRA_FOR_MODULE = {
     "transformers": "torch",
     "gguf": "torch",
     "accelerate": "torch",
-    "onnx": "onnx",
+    "onnx": "torch",
     "typer": "cli",
     "rich": "cli",
     "reasoning_gym": "train",

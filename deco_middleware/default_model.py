@@ -122,7 +122,7 @@ def _convert(gguf_path: Path, output: Path) -> None:
 
 
 def make_config_portable(folder: Path) -> None:
-    """Write the RoPE base in both spellings, so transformers 4.57 and 5.x load the same model.
+    """Make a folder written by transformers 5 load as the same model and tokenizer on 4.57.
 
     transformers 5 saves ``rope_parameters: {"rope_theta": ...}``; 4.57 does not read that key and
     would silently fall back to its default base of 10000, a different model with the same weights
@@ -134,6 +134,13 @@ def make_config_portable(folder: Path) -> None:
     if "rope_theta" in rope and config.get("rope_theta") != rope["rope_theta"]:
         config["rope_theta"] = rope["rope_theta"]
         atomic_write_bytes(config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    # transformers 5 names its generic fast tokenizer `TokenizersBackend`, which 4.57 cannot import;
+    # both lines load `PreTrainedTokenizerFast` from the same tokenizer.json with identical ids.
+    tokenizer_config_path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    if tokenizer_config.get("tokenizer_class") == "TokenizersBackend":
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        atomic_write_bytes(tokenizer_config_path, (json.dumps(tokenizer_config, indent=2) + "\n").encode())
 
 
 def ensure_default_model() -> Path:

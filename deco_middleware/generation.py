@@ -15,8 +15,8 @@ def chat_inputs(tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
             tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
             for p in prompts
         ]
-        return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
-    return dict(tokenizer(prompts, return_tensors="pt", padding=True))
+        return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False))
+    return dict(tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False))
 
 
 def generate_text(

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import DecoError
-from ..heads.artifact import DecodingHeads, list_shipped_heads, resolve_heads_path, shipped_heads_dir
+from ..heads.artifact import DecodingHeads, heads_for_identity, list_shipped_heads, resolve_heads_path
 from ..manifest import MANIFEST_NAME, HeadManifest
 from .strategies import parse_strategy
 
@@ -24,23 +24,9 @@ def _fail(message: str) -> None:
 
 def heads_for_model(heads: str, model) -> DecodingHeads:
     """``default`` picks the shipped heads whose base model matches ``model``; else a name or path."""
-    if heads != "default":
-        return DecodingHeads.from_pretrained(heads)
-    from ..fingerprint import fingerprints_match
     from ..hf.identity import model_identity
 
-    identity = model_identity(model)
-    for name in list_shipped_heads():
-        manifest = HeadManifest.load(shipped_heads_dir() / name / MANIFEST_NAME)
-        base = manifest.base_model
-        if (base.hidden_size, base.vocab_size) == (identity.hidden_size, identity.vocab_size) and fingerprints_match(
-            base.lm_head_fingerprint.values, identity.lm_head_fingerprint.values
-        ):
-            return DecodingHeads.from_pretrained(name)
-    raise DecoError(
-        f"No shipped heads fit the model `{identity.name}` (shipped: {', '.join(list_shipped_heads()) or 'none'}). "
-        "Pass --heads PATH, or train heads with `deco train`."
-    )
+    return heads_for_identity(heads, model_identity(model))
 
 
 @app.command()
@@ -55,13 +41,18 @@ def generate(
     top_p_scale: Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the tokens coloured by temperature, with a legend.")] = False,
+    backend: Annotated[str, typer.Option(help="torch | ort (ONNX Runtime; the default model is exported once and cached).")] = "torch",
 ) -> None:
     """Generate a reply with learned (or a baseline) decoding."""
     try:
         chosen = parse_strategy(strategy)
-        from ..generation import generate_text
-
-        result = generate_text(
+        if backend == "ort":
+            from ..ort import generate_text_ort as generate_fn
+        elif backend == "torch":
+            from ..generation import generate_text as generate_fn
+        else:
+            raise ValueError(f"Unknown backend {backend!r}; valid: torch, ort.")
+        result = generate_fn(
             prompt,
             model=model,
             heads=heads,

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from .._deps import require
 from ..errors import HeadsNotFoundError, IncompatibleHeadsError, IntegrityError
 from ..fingerprint import METHOD as FINGERPRINT_METHOD
 from ..fingerprint import fingerprints_match
@@ -214,6 +213,24 @@ class DecodingHeads:
     def __repr__(self) -> str:
         base = self.manifest.base_model
         return f"DecodingHeads({str(self.directory)!r}, base_model={base.name!r}, trained={list(self.trained_heads)})"
+
+
+def heads_for_identity(heads: str | os.PathLike[str] | DecodingHeads, identity: BaseModelIdentity) -> DecodingHeads:
+    """``"default"``: the shipped heads whose base model matches ``identity``; else a name or a path."""
+    if isinstance(heads, DecodingHeads):
+        return heads
+    if heads != "default":
+        return DecodingHeads.from_pretrained(heads)
+    for name in list_shipped_heads():
+        base = HeadManifest.load(shipped_heads_dir() / name / MANIFEST_NAME).base_model
+        if (base.hidden_size, base.vocab_size) == (identity.hidden_size, identity.vocab_size) and fingerprints_match(
+            base.lm_head_fingerprint.values, identity.lm_head_fingerprint.values
+        ):
+            return DecodingHeads.from_pretrained(name)
+    raise HeadsNotFoundError(
+        f"No shipped heads fit the model `{identity.name}` (shipped: {', '.join(list_shipped_heads()) or 'none'}). "
+        "Pass --heads PATH, or train heads with `deco train`."
+    )
 
 
 def export_heads(

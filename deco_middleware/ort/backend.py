@@ -8,9 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import DecoError
-from ..heads.artifact import DEFAULT_PROVIDER, DecodingHeads, list_shipped_heads, shipped_heads_dir
-from ..manifest import MANIFEST_NAME, BaseModelIdentity, HeadManifest
+from ..heads.artifact import DEFAULT_PROVIDER, DecodingHeads, heads_for_identity
 from ..sampling import DecodingSettings
 from .graph import EXPORT_INFO_NAME, ONNX_MODEL_NAME
 from .loop import OnnxGenerator, TokenEvent
@@ -103,26 +101,6 @@ def load_model_ort(
         directory, provider=provider, use_io_binding=use_io_binding, session_options=session_options
     )
     return model, load_tokenizer(directory)
-
-
-def heads_for_identity(heads: str | DecodingHeads, identity: BaseModelIdentity) -> DecodingHeads:
-    """``default``: the shipped heads whose base model matches ``identity``; else a name or path."""
-    if isinstance(heads, DecodingHeads):
-        return heads
-    if heads != "default":
-        return DecodingHeads.from_pretrained(heads)
-    from ..fingerprint import fingerprints_match
-
-    for name in list_shipped_heads():
-        base = HeadManifest.load(shipped_heads_dir() / name / MANIFEST_NAME).base_model
-        if (base.hidden_size, base.vocab_size) == (identity.hidden_size, identity.vocab_size) and fingerprints_match(
-            base.lm_head_fingerprint.values, identity.lm_head_fingerprint.values
-        ):
-            return DecodingHeads.from_pretrained(name)
-    raise DecoError(
-        f"No shipped heads fit the model `{identity.name}` (shipped: {', '.join(list_shipped_heads()) or 'none'}). "
-        "Pass --heads PATH, or train heads with `deco train`."
-    )
 
 
 def generate_text_ort(

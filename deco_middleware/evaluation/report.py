@@ -46,25 +46,40 @@ def _strategy_label(name: str, entry: dict[str, Any]) -> str:
     return name
 
 
+def short_task_names(tasks: list[str]) -> dict[str, str]:
+    """``rg:products?...`` -> ``products``; a repeated name gets a number (``products#2``)."""
+    names: dict[str, str] = {}
+    for task in tasks:
+        base = task.split("?")[0].removeprefix("rg:").rsplit("/", 1)[-1]
+        name, count = base, 1
+        while name in names.values():
+            count += 1
+            name = f"{base}#{count}"
+        names[task] = name
+    return names
+
+
 def markdown_table(document: dict[str, Any]) -> str:
     """One summary table (pass@1 % +- stderr, strategies x tasks), then a detail table per task."""
     results = document["results"]
     tasks = list(results)
+    short = short_task_names(tasks)
     strategies: list[str] = []
     for by_strategy in results.values():
         strategies.extend(s for s in by_strategy if s not in strategies)
-    lines = ["| strategy | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines = ["| strategy | " + " | ".join(short[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
     for strategy in strategies:
         cells = []
         for task in tasks:
             entry = results[task].get(strategy)
             cells.append("—" if entry is None else f"{_percent(entry['pass@1'])} ± {_percent(entry['stderr'])}")
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
-    out = ["pass@1 (%, mean over samples) ± standard error over problems", "", *lines]
+    out = ["pass@1 (%, mean over samples) ± standard error over problems", "", *lines, ""]
+    out += [f"- `{short[task]}`: `{task}`" for task in tasks]
     for task in tasks:
         out += [
             "",
-            f"**{task}**",
+            f"**{short[task]}** (`{task}`)",
             "",
             "| strategy | pass@1 % | ± | pass@k % | k | problems | mean length | T mean (sd) | P mean (sd) |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -112,7 +127,8 @@ def write_plot(document: dict[str, Any], path: str | os.PathLike[str]) -> Path:
             errors.append(100 * (entry["stderr"] or 0.0))
         axes.bar(xs, heights, width, yerr=errors, capsize=2, label=strategy, color=colors(index % 20))
     axes.set_xticks(range(len(tasks)))
-    axes.set_xticklabels([task.split("?")[0] for task in tasks], rotation=15, ha="right")
+    short = short_task_names(tasks)
+    axes.set_xticklabels([short[task] for task in tasks], rotation=15, ha="right")
     axes.set_ylabel("pass@1 (%) ± standard error")
     axes.set_ylim(bottom=0)
     axes.legend(fontsize="small", ncol=2, frameon=False)

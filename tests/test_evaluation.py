@@ -238,3 +238,10 @@ def test_unknown_strategy_lists_the_valid_ones():
 def test_bad_strategy_parameters_name_the_fix(name, message):
     with pytest.raises(UnknownStrategyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_eval_strategy(name)
+
+
+def test_short_task_names_stay_distinct():
+    from deco_middleware.evaluation.report import short_task_names
+
+    names = short_task_names(["rg:products?max_digits=1", "rg:products?max_digits=2", "data/my_tasks.jsonl"])
+    assert list(names.values()) == ["products", "products#2", "my_tasks.jsonl"]

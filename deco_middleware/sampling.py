@@ -45,6 +45,7 @@ class ArrayOps(Protocol, Generic[Array]):
     def topk_values(self, x: Array, k: int) -> Array: ...
     def take_last(self, x: Array, index: Array) -> Array: ...
     def cumsum_int(self, mask: Array) -> Array: ...
+    def as_index(self, values: Any, like: Array) -> Array: ...
 
 
 class NumpyOps:
@@ -110,6 +111,9 @@ class NumpyOps:
     def cumsum_int(self, mask):
         return np.cumsum(mask, axis=-1)
 
+    def as_index(self, values, like):
+        return np.asarray(values, dtype=np.int64)
+
 
 class TorchOps:
     def __init__(self) -> None:
@@ -172,6 +176,9 @@ class TorchOps:
 
     def cumsum_int(self, mask):
         return mask.cumsum(dim=-1)
+
+    def as_index(self, values, like):
+        return self.torch.as_tensor(values, dtype=self.torch.long, device=like.device)
 
 
 _OPS: dict[str, ArrayOps[Any]] = {}

@@ -25,6 +25,27 @@ class DecodingTrace:
     """Everything the learned pair decided during one generation, step by step."""
 
     steps: list[TraceStep] = field(default_factory=list)
+    # Final scores of the newest step, kept until its chosen token is known (next step or finalize).
+    _pending_scores: Any = field(default=None, repr=False, compare=False)
+
+    def set_final_scores(self, scores: Any) -> None:
+        """Remember the distribution the newest step samples from (numpy array or torch tensor)."""
+        self._pending_scores = scores
+
+    def record_chosen(self, position: int, token_ids: Any) -> None:
+        """The tokens at ``position`` were chosen: fill them, and their probability, into that step."""
+        pending, self._pending_scores = self._pending_scores, None
+        if not self.steps or self.steps[-1].position != position or self.steps[-1].token_id is not None:
+            return
+        step = self.steps[-1]
+        step.token_id = [int(t) for t in token_ids]
+        if pending is not None:
+            from .sampling import ops_for
+
+            ops = ops_for(pending)
+            probs = ops.softmax(pending.float() if hasattr(pending, "float") else pending)
+            chosen = ops.take_last(probs, ops.as_index(step.token_id, probs))
+            step.token_prob = [float(p) for p in chosen.reshape(-1).tolist()]
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -35,6 +56,8 @@ class DecodingTrace:
 
     def finalize(self, sequences: Any) -> DecodingTrace:
         """Fill the tokens chosen at each step from the generated ``sequences`` [batch, length]."""
+        if self.steps and self.steps[-1].position < sequences.shape[1]:
+            self.record_chosen(self.steps[-1].position, sequences[:, self.steps[-1].position])
         for step in self.steps:
             if step.token_id is None and step.position < sequences.shape[1]:
                 step.token_id = [int(t) for t in sequences[:, step.position]]

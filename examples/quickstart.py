@@ -16,7 +16,7 @@ with decoding.attach(model) as session:
 
 new_tokens = output[0, inputs["input_ids"].shape[1] :]
 print(tokenizer.decode(new_tokens, skip_special_tokens=True))
-session.trace.finalize(output)
+session.trace.finalize(output)  # fills the last step (model.generate does not tell the processors)
 for step in session.trace.steps[:10]:
     token = tokenizer.decode(step.token_id)
     print(f"{token!r:>14}  T={step.temperature[0]:.2f}  P={step.top_p[0]:.2f}  nucleus={step.nucleus_size[0]}")

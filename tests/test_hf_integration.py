@@ -86,8 +86,8 @@ def test_trace_records_tokens_and_applied_values(tiny_model, tiny_heads, tiny_in
         assert step.token_id == out[:, prompt_len + i].tolist()
         assert all(0 < t < 2 for t in step.temperature) and all(0 < p < 1 for p in step.top_p)
         assert all(n >= 1 for n in step.nucleus_size)
-    # Probabilities of the chosen tokens are known for every step but the last before finalize.
-    assert all(0 < p <= 1 for step in trace.steps[:-1] for p in step.token_prob)
+    # The chosen token's probability under the final distribution, the last step's included.
+    assert all(0 < p <= 1 for step in trace.steps for p in step.token_prob)
 
 
 def test_greedy_scale_matches_plain_greedy(tiny_model, tiny_heads, tiny_inputs):

@@ -35,7 +35,7 @@ def test_traced_reply_on_the_default_model(default_model, untrained_heads_dir):
     assert doc.text == tokenizer.decode(doc.token_ids, skip_special_tokens=True)
     assert all(isinstance(n, int) and 1 <= n <= 49152 for n in doc.nucleus_size)
     # The last step's probability is known only once a next step runs (see DecodingTrace.finalize).
-    assert all(0 < p <= 1 for p in doc.token_prob[:-1])
+    assert all(0 < p <= 1 for p in doc.token_prob)
     assert all(0 < t < 2 for t in doc.temperature) and all(0 <= p <= 1 for p in doc.top_p)
     assert render_html(doc).count('class="tok') == len(doc)
 

@@ -41,7 +41,6 @@ class _StepState:
         self.fallback_rows = 0
         self.warned = False
         self.checked_mode = False
-        self.last_scores: torch.Tensor | None = None  # final scores of the previous step (trace only)
 
 
 class LearnedTemperatureProcessor(LogitsProcessor):
@@ -129,17 +128,8 @@ class LearnedTemperatureProcessor(LogitsProcessor):
             )
 
     def _record_previous_token(self, input_ids: torch.Tensor) -> None:
-        state = self.state
-        if state.trace is None or not state.trace.steps:
-            return
-        previous = state.trace.steps[-1]
-        if previous.token_id is None and previous.position == input_ids.shape[1] - 1:
-            tokens = input_ids[:, -1]
-            previous.token_id = tokens.tolist()
-            if state.last_scores is not None:
-                log_probs = torch.log_softmax(state.last_scores.float(), dim=-1)
-                previous.token_prob = log_probs.gather(-1, tokens[:, None]).exp().squeeze(-1).tolist()
-        state.last_scores = None
+        if self.state.trace is not None:
+            self.state.trace.record_chosen(int(input_ids.shape[1]) - 1, input_ids[:, -1].tolist())
 
 
 class LearnedTopPWarper(LogitsProcessor):
@@ -164,7 +154,7 @@ class LearnedTopPWarper(LogitsProcessor):
         trace = self.state.trace
         if trace is not None and trace.steps:
             trace.steps[-1].nucleus_size = nucleus_size.tolist()
-            self.state.last_scores = filtered
+            trace.set_final_scores(filtered)
         return filtered
 
 

@@ -34,9 +34,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
 
-    model, tokenizer = load_model("default")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model("default", dtype=getattr(torch, args.dtype))
     tasks = [load_task(spec, limit=args.limit) for spec in args.task]
     rows = [(t, p) for t in tasks for p in t.problems for _ in range(args.samples)]
     started = time.perf_counter()
@@ -71,7 +75,7 @@ def main() -> None:
         scores = [float(p.grade(c) >= 1.0) for (t, p), c in zip(rows, completions) if t is task]
         results[task.spec] = {"pass@1": round(100 * sum(scores) / len(scores), 1), "rows": len(scores),
                               "description": task.description}
-    report = {"strategy": args.strategy, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
+    report = {"strategy": args.strategy, "dtype": args.dtype, "threads": args.threads, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
               "seed": args.seed, "wall_seconds": round(wall, 1), "results": results,
               "completions": [{"task": t.spec, "id": p.id, "answer": p.answer, "completion": c}
                               for (t, p), c in zip(rows, completions)]}

@@ -50,8 +50,8 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
 
 def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperatures: str,
               samples_per_temperature: int, max_new_tokens: int, batch_size: int, seed: int, unsolved: str,
-              loaded: Any = None, command: str = "") -> tuple[Path, dict[str, Any], Any]:
-    from ..default_model import load_model
+              loaded: Any = None, command: str = "", dtype: str = "bfloat16", threads: Optional[int] = None
+              ) -> tuple[Path, dict[str, Any], Any]:
     from ..training import SamplingConfig, rejection_sample, write_jsonl
 
     config = SamplingConfig(
@@ -59,7 +59,7 @@ def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperat
         temperatures=_floats(temperatures, "--temperatures"), samples_per_temperature=samples_per_temperature,
         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, unsolved=unsolved,  # type: ignore[arg-type]
     )
-    loaded = loaded or load_model(model)
+    loaded = loaded or _load(model, dtype, threads)
     # Without a terminal (CI, nohup) the progress bar is silent: log one line per batch instead.
     log = None if console.is_terminal else console.log
     records, summary = rejection_sample(*loaded, config, progress=console.is_terminal, log=log)
@@ -84,16 +84,28 @@ def _print_yield(summary: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _run_cache(data: Path, out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
-               loaded: Any = None, command: str = "") -> Any:
+def _load(model: str, dtype: str, threads: Optional[int]) -> Any:
+    import torch
+
     from ..default_model import load_model
+
+    if dtype not in ("bfloat16", "float32"):
+        raise typer.BadParameter(f"`--dtype` must be bfloat16 or float32, got {dtype!r}.")
+    if threads:
+        # On a shared, oversubscribed CPU one thread measured ~3x faster than two (no spin-waiting).
+        torch.set_num_threads(threads)
+    return load_model(model, dtype=getattr(torch, dtype))
+
+
+def _run_cache(data: Path, out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
+               loaded: Any = None, command: str = "", dtype: str = "bfloat16", threads: Optional[int] = None) -> Any:
     from ..training import build_cache, read_jsonl
 
     records = read_jsonl(data)
     summary_path = _summary_path(data)
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {
         "source": f"user JSONL {data}", "records": len(records)}
-    loaded = loaded or load_model(model)
+    loaded = loaded or _load(model, dtype, threads)
     cache = build_cache(*loaded, records, out, hidden_dtype=hidden_dtype, batch_size=batch_size,
                         max_length=max_length, data_summary=summary)
     meta_path = out / "meta.json"
@@ -145,12 +157,14 @@ def data_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     seed: Annotated[int, typer.Option()] = 0,
     unsolved: Annotated[str, typer.Option(help="Never-solved prompts: `drop` them or add the `reference` answer.")] = "drop",
+    dtype: Annotated[str, typer.Option(help="Model dtype: bfloat16 or float32.")] = "bfloat16",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Rejection sampling: sample, grade with each task's scorer, keep the correct completions."""
     command = _command_line("data", dict(locals()))
     try:
         _run_data(out, model, tasks, prompts_per_task, temperatures, samples_per_temperature, max_new_tokens,
-                  batch_size, seed, unsolved, command=command)
+                  batch_size, seed, unsolved, command=command, dtype=dtype, threads=threads)
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 
@@ -163,11 +177,14 @@ def cache_command(
     hidden_dtype: Annotated[str, typer.Option(help="float16 (exact for bf16 models) or float32.")] = "float16",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_length: Annotated[int, typer.Option(min=2)] = 1024,
+    dtype: Annotated[str, typer.Option(help="Model dtype for the forward pass: bfloat16 or float32.")] = "bfloat16",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Run the frozen model once; store hidden states and labels of the completion tokens."""
     command = _command_line("cache", dict(locals()))
     try:
-        _run_cache(data, out, model, hidden_dtype, batch_size, max_length, command=command)
+        _run_cache(data, out, model, hidden_dtype, batch_size, max_length, command=command, dtype=dtype,
+                   threads=threads)
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 

@@ -283,3 +283,12 @@ def test_plot_is_a_png(tmp_path):
     document = {"results": {"t1": {"greedy": _summary(0.5).to_dict(), "default": _summary(0.25).to_dict()}}, "config": {}}
     path = write_plot(document, tmp_path / "chart.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cache_key_separates_dtypes(tiny_model, tiny_tokenizer):
+    import copy
+
+    decoding = parse_eval_strategy("default").decoding
+    half = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    assert _runner(tiny_model, tiny_tokenizer)._run_key(decoding) != _runner(half, tiny_tokenizer)._run_key(decoding)
+    assert _runner(tiny_model, tiny_tokenizer)._run_key(decoding) == _runner(tiny_model, tiny_tokenizer)._run_key(decoding)

@@ -64,6 +64,8 @@ def evaluate(
     cache: Annotated[Path, typer.Option(help="JSONL of finished problems; rerun the same command to resume.")] = Path(
         "deco-eval-cache.jsonl"
     ),
+    dtype: Annotated[str, typer.Option(
+        help="Model weights: bfloat16 (load_model's default) or float32 (3.5x faster on CPUs without AVX-512 BF16).")] = "bfloat16",
     oracle_temperatures: Annotated[Optional[str], typer.Option(
         help="Comma-separated T grid of `oracle` (default 0.1,0.2,...,1.5).")] = None,
     oracle_top_ps: Annotated[Optional[str], typer.Option(
@@ -82,6 +84,8 @@ def evaluate(
     try:
         temperature_grid = _grid("--oracle-temperatures", oracle_temperatures, ORACLE_TEMPERATURES, high=None)
         top_p_grid = _grid("--oracle-top-ps", oracle_top_ps, ORACLE_TOP_PS, high=1.0)
+        if dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"--dtype {dtype!r}: use bfloat16 or float32.")
         strategies = [parse_eval_strategy(name) for name in strategy]
         tasks = [load_task(spec, limit=limit) for spec in task]
     except (DecoError, ValueError) as error:
@@ -92,7 +96,9 @@ def evaluate(
         from ..evaluation.cache import ResultCache
         from ..evaluation.runner import EvaluationRunner
 
-        loaded_model, tokenizer = load_model(model)
+        import torch
+
+        loaded_model, tokenizer = load_model(model, dtype=getattr(torch, dtype))
         loaded_heads = None
         if any(s.needs_heads for s in strategies):
             from .app import heads_for_model
@@ -155,6 +161,7 @@ def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: 
     seconds = runner.generation_seconds
     return {
         "model": model,
+        "dtype": str(getattr(runner.model, "dtype", "")),
         "heads": None if heads is None else {"path": str(heads.directory), "sha256": heads.manifest.onnx.sha256},
         "tasks": {t.spec: {"description": t.description, "problems": len(t)} for t in tasks},
         "strategies": list(strategy_names),

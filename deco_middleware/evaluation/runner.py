@@ -177,6 +177,8 @@ class EvaluationRunner:
     def _run_key(self, decoding: Decoding) -> str:
         parts: dict[str, Any] = {
             "model": self._model_key,
+            # The LM-head fingerprint is deliberately robust to bf16/float32, but samples are not.
+            "dtype": str(getattr(self.model, "dtype", "")),
             "seed": self.seed,
             "samples": self._samples_for(decoding),
             "max_new_tokens": self.max_new_tokens,

@@ -54,8 +54,8 @@ def step_cost_us(heads: Any, batch: int, repeats: int = 50, seed: int = 0) -> di
     from .sampling import DecodingSettings, nucleus_filter, nucleus_filter_reference, resolve_decoding, warp_temperature
 
     generator = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(batch, heads.hidden_size, generator=generator).to(torch.bfloat16)
-    logits = (torch.randn(batch, heads.vocab_size, generator=generator) * 4).to(torch.bfloat16)
+    hidden = torch.randn(batch, heads.hidden_size, generator=generator)
+    logits = torch.randn(batch, heads.vocab_size, generator=generator) * 4
     scores = logits.float()
     finite = torch.ones(batch, dtype=torch.bool)
     settings = DecodingSettings()

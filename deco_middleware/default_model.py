@@ -178,7 +178,9 @@ def ensure_default_model() -> Path:
 def load_model(name_or_path: str = "default", *, dtype: Any = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``"default"`` (the embedded SmolLM2) or a local model folder.
 
-    bf16 by default: on this class of CPU it measured ~1.4x faster than float32 (METHOD.md).
+    float32 by default: on CPUs without native bf16 (AVX2 only, like our 2-core AMD EPYC CI
+    machine) bf16 matmuls are emulated and one forward pass of 8x60 tokens measured 2.4x slower
+    than float32. Pass ``dtype=torch.bfloat16`` where the CPU has AVX512-BF16/AMX.
     """
     torch = require("torch", purpose="Loading a model")
     transformers = require("transformers", purpose="Loading a model")
@@ -192,6 +194,8 @@ def load_model(name_or_path: str = "default", *, dtype: Any = None) -> tuple[Any
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.bfloat16)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    if name_or_path == "default":
+        model.config._name_or_path = DEFAULT_MODEL_NAME  # a stable name for manifests, not the cache path
     model.eval()
     return model, tokenizer

@@ -329,24 +329,27 @@ def nucleus_filter_reference(scores: Array, top_p: Array) -> tuple[Array, Array]
     return ops.masked_fill(scores, remove, -math.inf), ops.count_last(~remove & (scores > -math.inf))
 
 
-def nucleus_filter(scores: Array, top_p: Array, *, candidates: int = 64) -> tuple[Array, Array]:
+def nucleus_filter(scores: Array, top_p: Array, *, candidates: tuple[int, ...] = (64, 1024)) -> tuple[Array, Array]:
     """Same tokens as :func:`nucleus_filter_reference`, without sorting the whole vocabulary.
 
-    Only the ``candidates`` most likely tokens of each row are sorted. When their mass reaches the
-    row's ``top_p`` (almost always: LM distributions are peaked), the nucleus size ``n`` is known,
-    and the kept set is every token more likely than the n-th plus, among tokens tied with it, the
-    lowest indices: exactly the reference's prefix. If any row's nucleus is larger than the
-    candidates, the batch falls back to the full sort.
+    Only the most likely tokens of each row are sorted, ``candidates[0]`` of them first, then
+    ``candidates[1]``, ... When their mass reaches the row's ``top_p`` (almost always: LM
+    distributions are peaked), the nucleus size ``n`` is known, and the kept set is every token more
+    likely than the n-th plus, among tokens tied with it, the lowest indices: exactly the reference's
+    prefix. If a row's nucleus is larger than the last window, the batch falls back to the full sort.
     """
     ops = ops_for(scores)
     vocab = scores.shape[-1]
-    k = min(candidates, vocab)
     probs = ops.softmax(scores)
-    top_values = ops.topk_values(probs, k)  # [batch, k], descending
-    cumulative = ops.cumsum64(top_values)
     top_p64 = ops.to64(top_p)
-    resolved = (cumulative[:, -1] >= top_p64) | (top_p >= 1.0)
-    if k == vocab or not bool(resolved.all()):
+    for window in candidates:
+        k = min(window, vocab)
+        top_values = ops.topk_values(probs, k)  # [batch, k], descending
+        cumulative = ops.cumsum64(top_values)
+        resolved = (cumulative[:, -1] >= top_p64) | (top_p >= 1.0)
+        if k < vocab and bool(resolved.all()):
+            break
+    else:
         return nucleus_filter_reference(scores, top_p)
     inside = (cumulative - ops.to64(top_values)) < top_p64[:, None]
     inside[:, 0] = True

@@ -182,7 +182,7 @@ def test_fast_nucleus_selects_exactly_the_full_sort_tokens(engine_name):
         batch, vocab = int(rng.integers(1, 6)), int(rng.choice([5, 70, 1000]))
         logits = make(random_rows(rng, batch, vocab))
         top_p = make(rng.choice([0.0, 0.05, 0.3, 0.5, 0.9, 0.95, 0.999, 1.0], size=batch))
-        fast, fast_sizes = nucleus_filter(logits, top_p, candidates=16)
+        fast, fast_sizes = nucleus_filter(logits, top_p, candidates=(4, 16))
         ref, ref_sizes = nucleus_filter_reference(logits, top_p)
         np.testing.assert_array_equal(np.isfinite(to_numpy(fast)), np.isfinite(to_numpy(ref)), err_msg=f"trial {trial}")
         np.testing.assert_array_equal(to_numpy(fast_sizes), to_numpy(ref_sizes))

@@ -152,3 +152,12 @@ def test_cli_info_and_unknown_strategy(tiny_heads_dir):
     bad = runner.invoke(app, ["generate", "hi", "--strategy", "hot"])
     assert bad.exit_code == 2
     assert "Unknown strategy 'hot'; valid: autodeco, greedy, static:T,P" in bad.output
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "deco_middleware", "info"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "smollm2-135m-instruct" in result.stdout.split()

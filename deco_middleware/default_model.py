@@ -111,6 +111,11 @@ def _convert(gguf_path: Path, output: Path) -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.bfloat16, **kwargs)
     # The GGUF loader leaves a quantizer marker that blocks save_pretrained on transformers 5, and
     # on 4.57 it leaves `architectures` empty; the weights themselves are already dequantized.
+    # transformers 4.57's GGUF loader sets the tokenizer's EOS to `<|im_start|>`; the model's own
+    # config (from the GGUF metadata) names `<|im_end|>`, which is what ends a chat turn.
+    eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    if tokenizer.eos_token != eos_token:
+        tokenizer.eos_token = eos_token
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -138,8 +143,16 @@ def make_config_portable(folder: Path) -> None:
     # both lines load `PreTrainedTokenizerFast` from the same tokenizer.json with identical ids.
     tokenizer_config_path = folder / "tokenizer_config.json"
     tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    changed = False
     if tokenizer_config.get("tokenizer_class") == "TokenizersBackend":
         tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
+    if "model_input_names" not in tokenizer_config:
+        # 4.57's generic fast tokenizer would also return `token_type_ids`, which Llama's generate()
+        # rejects; the model takes ids and the attention mask only.
+        tokenizer_config["model_input_names"] = ["input_ids", "attention_mask"]
+        changed = True
+    if changed:
         atomic_write_bytes(tokenizer_config_path, (json.dumps(tokenizer_config, indent=2) + "\n").encode())
 
 

@@ -17,6 +17,14 @@ app = typer.Typer(help="Learned per-token temperature and top-p for Hugging Face
 console = Console(stderr=True)
 
 
+# Options shared by every command that loads a model and heads: one definition, one help text.
+PromptArgument = Annotated[str, typer.Argument(help="The user message (the chat template is applied when the model has one).")]
+ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")]
+HeadsOption = Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")]
+TemperatureScaleOption = Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")]
+TopPScaleOption = Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")]
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
@@ -31,14 +39,14 @@ def heads_for_model(heads: str, model) -> DecodingHeads:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied when the model has one).")],
-    model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")] = "default",
-    heads: Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")] = "default",
+    prompt: PromptArgument,
+    model: ModelOption = "default",
+    heads: HeadsOption = "default",
     strategy: Annotated[str, typer.Option(help="autodeco | greedy | static:T,P")] = "autodeco",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     seed: Annotated[int, typer.Option()] = 0,
-    temperature_scale: Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")] = 1.0,
-    top_p_scale: Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")] = 1.0,
+    temperature_scale: TemperatureScaleOption = 1.0,
+    top_p_scale: TopPScaleOption = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the tokens coloured by temperature, with a legend.")] = False,
     backend: Annotated[str, typer.Option(help="torch | ort (ONNX Runtime; the default model is exported once and cached).")] = "torch",

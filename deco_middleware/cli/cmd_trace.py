@@ -9,18 +9,27 @@ import typer
 from rich.console import Console
 
 from ..errors import DecoError
-from .app import _fail, app, heads_for_model
+from .app import (
+    HeadsOption,
+    ModelOption,
+    PromptArgument,
+    TemperatureScaleOption,
+    TopPScaleOption,
+    _fail,
+    app,
+    heads_for_model,
+)
 
 
 @app.command()
 def trace(
-    prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied when the model has one).")],
-    model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")] = "default",
-    heads: Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")] = "default",
+    prompt: PromptArgument,
+    model: ModelOption = "default",
+    heads: HeadsOption = "default",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     seed: Annotated[int, typer.Option()] = 0,
-    temperature_scale: Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")] = 1.0,
-    top_p_scale: Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")] = 1.0,
+    temperature_scale: TemperatureScaleOption = 1.0,
+    top_p_scale: TopPScaleOption = 1.0,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page here.")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="Write the T/P chart as a PNG here.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the trace as JSON here.")] = None,
@@ -36,7 +45,7 @@ def trace(
     """Generate a reply with learned decoding and show the T and P chosen for every token.
 
     The coloured tokens are printed (unless --quiet); --html, --png and --json also write files.
-    With --compare, the JSON file holds {"runs": [main, compare]}.
+    With --compare, the JSON file holds {"runs": \\[main, compare]}.
     """
     out = Console()
     try:

@@ -139,30 +139,32 @@ def test_interrupted_run_resumes_without_redoing_work(tiny_model, tiny_tokenizer
     reference = _runner(tiny_model, tiny_tokenizer, batch_size=2).run_decoding(task, decoding)
 
     cache_path = tmp_path / "cache.jsonl"
-    real_generate = tiny_model.generate
+    from deco_middleware.engine import _Stepper
+
+    real_prefill = _Stepper.prefill
     calls = []
 
-    def interrupted(*args, **kwargs):
+    def interrupted(self, *args, **kwargs):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(1)
-        return real_generate(*args, **kwargs)
+        return real_prefill(self, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_model, "generate", interrupted)
+    monkeypatch.setattr(_Stepper, "prefill", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _runner(tiny_model, tiny_tokenizer, batch_size=2, cache=ResultCache(cache_path)).run_decoding(task, decoding)
-    # batch_size 2 with 2 samples: one problem per generate() call, so two problems were finished.
+    # batch_size 2 with 2 samples: one problem per group (one prefill each), so two problems were finished.
     assert len(cache_path.read_text().splitlines()) == 2
     with cache_path.open("a") as handle:
         handle.write('{"run": "half-written')  # a writer killed mid-line
 
     resumed_calls = []
 
-    def counting(*args, **kwargs):
+    def counting(self, *args, **kwargs):
         resumed_calls.append(1)
-        return real_generate(*args, **kwargs)
+        return real_prefill(self, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_model, "generate", counting)
+    monkeypatch.setattr(_Stepper, "prefill", counting)
     cache = ResultCache(cache_path)
     assert len(cache) == 2 and cache.ignored_lines == 1
     resumed = _runner(tiny_model, tiny_tokenizer, batch_size=2, cache=cache).run_decoding(task, decoding)
@@ -171,7 +173,7 @@ def test_interrupted_run_resumes_without_redoing_work(tiny_model, tiny_tokenizer
     assert len(ResultCache(cache_path)) == len(PROMPTS)  # the glued-on record after the broken line is readable
 
     again = []
-    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: again.append(1))
+    monkeypatch.setattr(_Stepper, "prefill", lambda *a, **k: again.append(1))
     _runner(tiny_model, tiny_tokenizer, batch_size=2, cache=ResultCache(cache_path)).run_decoding(task, decoding)
     assert again == []  # everything came from the cache
 
@@ -251,7 +253,9 @@ def test_cli_eval_writes_json_markdown_and_resumes(tiny_model, tiny_tokenizer, t
     assert document["config"]["samples"] == 2 and document["config"]["tokens_per_second"] > 0
     assert "| mean-static (T=" in md.read_text()
 
-    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: pytest.fail("resumed run generated again"))
+    from deco_middleware.engine import _Stepper
+
+    monkeypatch.setattr(_Stepper, "prefill", lambda *a, **k: pytest.fail("resumed run generated again"))
     again = CliRunner().invoke(app, arguments)
     assert again.exit_code == 0, again.output
     assert json.loads(out.read_text())["results"] == document["results"]

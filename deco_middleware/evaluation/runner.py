@@ -14,7 +14,6 @@ from .._deps import require
 from ..generation import chat_inputs
 from .cache import ResultCache, fingerprint
 from .metrics import RunningMoments, mean_and_stderr, pass_at_k
-from .processors import EntropyTemperatureProcessor, PerRowSampler, StaticDecodingProcessor
 from .strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS, Decoding, EvalStrategy
 from .tasks import Problem, Task
 
@@ -24,7 +23,7 @@ transformers = require("transformers", purpose="The evaluation harness")
 # A sample counts as solved when its grade reaches this (reasoning-gym gives partial credit, e.g.
 # 0.01 for a well-formed wrong answer; only full marks count towards pass@k).
 SOLVED = 1.0 - 1e-9
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = 128
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_SAMPLES = 4
 
@@ -182,6 +181,9 @@ class EvaluationRunner:
             "seed": self.seed,
             "samples": self._samples_for(decoding),
             "max_new_tokens": self.max_new_tokens,
+            # Samples drawn by deco_middleware.engine (shared prefill, finished rows dropped); the
+            # earlier generate()-based loop drew the same distributions but other numbers.
+            "sampler": "engine-v1",
         }
         if decoding.learned:
             parts["heads"] = self.heads.manifest.onnx.sha256
@@ -221,95 +223,60 @@ class EvaluationRunner:
         self._summaries[memo] = summary
         return summary
 
+    def _policy(self, decoding: Decoding) -> Any:
+        from ..engine import EntropyTemperature, Greedy, Learned, Static
+        from ..sampling import DecodingSettings
+
+        if decoding.kind == "greedy":
+            return Greedy()
+        if decoding.kind == "static":
+            return Static(decoding.temperature, decoding.top_p, decoding.min_p)
+        if decoding.kind == "edt":
+            t0, n, theta = decoding.edt or (1.0, 0.8, 1.0)
+            return EntropyTemperature(t0, n, theta)
+        settings = DecodingSettings(
+            use_temperature_head=decoding.use_temperature_head, use_top_p_head=decoding.use_top_p_head
+        )
+        return Learned(self.heads, settings)
+
     def _generate_problems(
         self, task: Task, decoding: Decoding, run: str, problems: list[Problem]
     ) -> Iterator[dict[str, Any]]:
+        from ..engine import EngineStats, iter_sample
+
         samples = self._samples_for(decoding)
-        rows = [(problem, k) for problem in problems for k in range(samples)]
-        pending: dict[str, list[dict[str, Any]]] = {}
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            seeds = [sample_seed(self.seed, task.spec, problem.id, k) for problem, k in batch]
-            outputs = self._generate_batch([problem.prompt for problem, _ in batch], decoding, seeds)
-            for (problem, k), output in zip(batch, outputs):
-                output["score"] = float(problem.grade(output["text"]))
-                output["sample"] = k
-                pending.setdefault(problem.id, []).append(output)
-                if len(pending[problem.id]) == samples:
-                    yield {
-                        "run": run,
-                        "task": task.spec,
-                        "decoding": decoding.key,
-                        "problem": problem.id,
-                        "answer": problem.answer,
-                        "samples": pending.pop(problem.id),
-                    }
-
-    def _generate_batch(self, prompts: list[str], decoding: Decoding, seeds: list[int]) -> list[dict[str, Any]]:
-        inputs = chat_inputs(self.tokenizer, prompts)
-        prompt_length = inputs["input_ids"].shape[1]
-        common = {
-            "max_new_tokens": self.max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            # Sampling happens in PerRowSampler, so generate() itself runs greedy over what it leaves.
-            "do_sample": False,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-        }
-        rows = len(prompts)
-        processors: list[Any] = []
-        edt: EntropyTemperatureProcessor | None = None
-        if decoding.kind == "static":
-            processors.append(StaticDecodingProcessor(decoding.temperature, decoding.top_p, decoding.min_p))
-        elif decoding.kind == "edt":
-            t0, n, theta = decoding.edt or (1.0, 0.8, 1.0)
-            edt = EntropyTemperatureProcessor(t0, n, theta)
-            processors.append(edt)
-        sampler = [] if decoding.kind == "greedy" else [PerRowSampler(seeds)]
+        seeds = [[sample_seed(self.seed, task.spec, problem.id, k) for k in range(samples)] for problem in problems]
+        stats = EngineStats()
         started = time.perf_counter()
-        if decoding.learned:
-            from ..hf import LearnedDecoding
-
-            learned = LearnedDecoding(
-                self.heads,
-                record_trace=True,
-                use_temperature_head=decoding.use_temperature_head,
-                use_top_p_head=decoding.use_top_p_head,
-            )
-            with learned.attach(self.model) as session:
-                processor_list = transformers.LogitsProcessorList([*session.logits_processor, *sampler])
-                sequences = self.model.generate(**inputs, logits_processor=processor_list, **common)
-            trace = session.trace
-            steps = sequences.shape[1] - prompt_length
-            applied_t = torch.tensor([s.temperature for s in trace.steps[:steps]], dtype=torch.float64).T
-            applied_p = torch.tensor([s.top_p for s in trace.steps[:steps]], dtype=torch.float64).T
-        else:
-            processor_list = transformers.LogitsProcessorList([*processors, *sampler])
-            sequences = self.model.generate(**inputs, logits_processor=processor_list, **common)
-            steps = sequences.shape[1] - prompt_length
-            if edt is not None:
-                applied_t = torch.stack(edt.applied[:steps], dim=1).double()
-            else:
-                applied_t = torch.full((rows, steps), decoding.temperature, dtype=torch.float64)
-            applied_p = torch.full((rows, steps), decoding.top_p, dtype=torch.float64)
-        self.generation_seconds += time.perf_counter() - started
-        outputs = []
-        new_tokens = sequences[:, prompt_length:].tolist()
-        for row, ids in enumerate(new_tokens):
-            # generate() pads rows that finished early; a row ends at (and includes) its first EOS.
-            length = next((i + 1 for i, token in enumerate(ids) if token in self._eos_ids), len(ids))
-            t_row, p_row = applied_t[row, :length], applied_p[row, :length]
-            outputs.append(
-                {
-                    "text": self.tokenizer.decode(ids[:length], skip_special_tokens=True),
-                    "length": length,
-                    "temperature_sums": [float(t_row.sum()), float((t_row**2).sum())],
-                    "top_p_sums": [float(p_row.sum()), float((p_row**2).sum())],
-                }
-            )
-            self.generated_tokens += length
-        return outputs
+        stream = iter_sample(
+            self.model, self.tokenizer, [problem.prompt for problem in problems], policy=self._policy(decoding),
+            samples=samples, seeds=seeds, max_new_tokens=self.max_new_tokens, max_rows=self.batch_size,
+            stop_token_ids=self._eos_ids,
+        )
+        for index, completions in stream:
+            self.generation_seconds += time.perf_counter() - started
+            problem = problems[index]
+            outputs = []
+            for k, completion in enumerate(completions):
+                t_row, p_row = completion.temperatures, completion.top_ps
+                outputs.append({
+                    "text": completion.text,
+                    "length": completion.length,
+                    "temperature_sums": [math.fsum(t_row), math.fsum(t * t for t in t_row)],
+                    "top_p_sums": [math.fsum(p_row), math.fsum(p * p for p in p_row)],
+                    "score": float(problem.grade(completion.text)),
+                    "sample": k,
+                })
+                self.generated_tokens += completion.length
+            yield {
+                "run": run,
+                "task": task.spec,
+                "decoding": decoding.key,
+                "problem": problem.id,
+                "answer": problem.answer,
+                "samples": outputs,
+            }
+            started = time.perf_counter()
 
     # -- strategies ------------------------------------------------------------------------------
 

@@ -25,8 +25,11 @@ from deco_middleware.training import (  # noqa: E402
     build_cache,
     export_trained_heads,
     fit,
+    hard_nucleus,
+    hard_nucleus_from_logits,
     read_jsonl,
     soft_top_p_label_probability,
+    soft_top_p_label_probability_windowed,
 )
 
 # --------------------------------------------------------------------------- loss
@@ -61,6 +64,58 @@ def test_soft_top_p_approaches_the_hard_nucleus_as_steepness_grows():
         errors.append(float((soft - hard).abs().max()))
     assert errors == sorted(errors, reverse=True) and errors[0] > 10 * errors[-1]
     assert errors[-1] < 1e-3
+
+
+def _peaked_logits(batch: int = 8, vocab: int = 3000, seed: int = 0):
+    """LM-like logits: a few likely tokens over a long flat tail."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, vocab, generator=generator)
+    logits[:, :20] += torch.rand(batch, 20, generator=generator) * 12
+    labels = torch.randint(0, 40, (batch,), generator=generator)
+    return logits, labels
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.5, 0.5), (1.0, 0.9), (1.8, 0.95), (1.0, 1.0), (0.7, 0.2)])
+def test_windowed_soft_top_p_equals_the_sorted_reference(temperature, top_p):
+    logits, labels = _peaked_logits()
+    t, p = torch.full((8,), temperature), torch.full((8,), top_p)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = (order == labels[:, None]).int().argmax(dim=-1)
+    exact = soft_top_p_label_probability(sorted_logits, rank, t, p, 30.0)
+    # No window (full sort) and a window as wide as the vocabulary: the same loss, float32 noise only.
+    for window in (None, logits.shape[-1]):
+        torch.testing.assert_close(soft_top_p_label_probability_windowed(logits, labels, t, p, 30.0, window), exact,
+                                   rtol=1e-4, atol=1e-6)
+    # A narrow window integrates the tail: off by at most the largest tail probability, relatively.
+    probs = torch.softmax(sorted_logits / t[:, None], dim=-1)
+    bound = float(probs[:, 64].max())
+    windowed = soft_top_p_label_probability_windowed(logits, labels, t, p, 30.0, 64)
+    assert float(((windowed - exact).abs() / exact.clamp(min=1e-12)).max()) <= bound + 1e-4
+
+
+def test_windowed_soft_top_p_gradients_reach_temperature_and_top_p():
+    logits, labels = _peaked_logits()
+    t = torch.full((8,), 0.8, requires_grad=True)
+    p = torch.full((8,), 0.7, requires_grad=True)
+    soft_top_p_label_probability_windowed(logits, labels, t, p, 30.0, 64).log().sum().backward()
+    assert t.grad.abs().sum() > 0 and p.grad.abs().sum() > 0
+
+
+def test_hard_nucleus_without_sorting_equals_the_sorted_rule():
+    logits, labels = _peaked_logits(batch=12)
+    generator = torch.Generator().manual_seed(3)
+    t = 0.3 + 1.5 * torch.rand(12, generator=generator)
+    p = torch.rand(12, generator=generator)
+    # Wide nuclei (flat, hot rows): wider than the window, resolved by the full sort. (Not P = 1:
+    # there the float32 mass before the last tokens is 1 +- 1e-7 and either rule may stop anywhere.)
+    t[:3], p[:3] = 1.8, 0.99
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = (order == labels[:, None]).int().argmax(dim=-1)
+    inside, size = hard_nucleus(sorted_logits, rank, t, p)
+    inside_w, size_w = hard_nucleus_from_logits(logits, labels, t, p, window=64)
+    assert torch.equal(inside, inside_w)
+    # Cumulative sums in a different order can flip a token sitting exactly on P: allow one token.
+    assert int((size - size_w).abs().max()) <= 1 and int(size_w[:3].min()) > 64
 
 
 def test_gradients_reach_both_heads_and_top_p_loss_reaches_the_temperature_head():
@@ -125,6 +180,8 @@ def test_loss_options_are_validated():
         LossConfig(heads="all")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`easy_token_drop`"):
         LossConfig(easy_token_drop=1.0)
+    with pytest.raises(ValueError, match="`soft_top_p_window`"):
+        LossConfig(soft_top_p_window=0)
 
 
 # --------------------------------------------------------------------------- data and cache
@@ -177,7 +234,7 @@ def test_cached_logits_equal_a_direct_forward_pass(tiny_fp32, tiny_cache):
 def test_float16_cache_is_within_its_stated_tolerance(tmp_path, tiny_fp32):
     model, tokenizer = tiny_fp32
     records = _sampled_records(model, tokenizer, count=4)
-    cache = build_cache(model, tokenizer, records, tmp_path / "c16", progress=False)
+    cache = build_cache(model, tokenizer, records, tmp_path / "c16", hidden_dtype="float16", progress=False)
     assert cache.hidden.dtype == np.float16
     # float16 keeps 11 significant bits: logits within 1e-2 relative of the largest logit.
     assert cache.meta["verify"]["max_abs_logit_diff"] <= 1e-2 * cache.meta["verify"]["max_abs_logit"]

@@ -45,3 +45,26 @@ def test_bad_jsonl_fails_with_the_line_and_exit_code_2(tmp_path):
     result = CliRunner().invoke(app, ["train", "cache", "--data", str(data), "--out", str(tmp_path / "c")])
     assert result.exit_code == 2
     assert "line 2" in result.output
+
+
+def test_cache_combines_files_and_keeps_only_the_listed_sources(tmp_path):
+    model_dir = tmp_path / "tiny"
+    make_tiny_model(seed=5).save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    main, wrong = tmp_path / "data.jsonl", tmp_path / "data.wrong.jsonl"
+    main.write_text(json.dumps({"prompt": "w1", "completion": "w2 w3", "source": "sample"}) + "\n"
+                    + json.dumps({"prompt": "w4", "completion": "w5", "source": "reference"}) + "\n", encoding="utf-8")
+    wrong.write_text(json.dumps({"prompt": "w1", "completion": "w9 w9 w9", "source": "sample-wrong"}) + "\n",
+                     encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "cache", "--data", str(main), "--data", str(wrong), "--out",
+                                 str(tmp_path / "cache"), "--model", str(model_dir), "--sources", "sample,sample-wrong"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["hidden_dtype"] == "float32"
+    assert meta["data_summary"]["records_by_source"] == {"sample": 1, "sample-wrong": 1}
+    assert meta["completion_tokens"] == (2 + 1) + (3 + 1)  # words + end of turn, the reference dropped
+    assert "--data" in meta["command"] and str(wrong) in meta["command"]
+    result = runner.invoke(app, ["train", "cache", "--data", str(main), "--out", str(tmp_path / "none"),
+                                 "--model", str(model_dir), "--sources", "nothing"])
+    assert result.exit_code == 2 and "--sources" in result.output

@@ -32,6 +32,9 @@ def _command_line(stage: str, arguments: dict[str, Any]) -> str:
         option = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
         if isinstance(value, bool):
             words.append(option if value else "--no-" + option[2:])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                words += [option, str(item)]
         else:
             words += [option, str(value)]
     return shlex.join(words)
@@ -39,6 +42,10 @@ def _command_line(stage: str, arguments: dict[str, Any]) -> str:
 
 def _summary_path(data: Path) -> Path:
     return data.with_name(data.stem + ".summary.json")
+
+
+def _wrong_path(data: Path) -> Path:
+    return data.with_name(data.stem + ".wrong.jsonl")
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -50,7 +57,7 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
 
 def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperatures: str,
               samples_per_temperature: int, max_new_tokens: int, batch_size: int, seed: int, unsolved: str,
-              loaded: Any = None, command: str = "", dtype: str = "bfloat16", threads: Optional[int] = None
+              loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None
               ) -> tuple[Path, dict[str, Any], Any]:
     from ..training import SamplingConfig, rejection_sample, write_jsonl
 
@@ -62,10 +69,13 @@ def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperat
     loaded = loaded or _load(model, dtype, threads)
     # Without a terminal (CI, nohup) the progress bar is silent: log one line per batch instead.
     log = None if console.is_terminal else console.log
-    records, summary = rejection_sample(*loaded, config, progress=console.is_terminal, log=log)
+    wrong: list[dict[str, Any]] = []
+    records, summary = rejection_sample(*loaded, config, progress=console.is_terminal, log=log, wrong_out=wrong)
     summary["model"] = model
     summary["command"] = command
     write_jsonl(records, out)
+    # The wrong samples go to a sidecar file: `deco train cache --data` can add them for that variant.
+    write_jsonl(wrong, _wrong_path(out))
     _summary_path(out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     _print_yield(summary)
     return out, summary, loaded
@@ -97,14 +107,38 @@ def _load(model: str, dtype: str, threads: Optional[int]) -> Any:
     return load_model(model, dtype=getattr(torch, dtype))
 
 
-def _run_cache(data: Path, out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
-               loaded: Any = None, command: str = "", dtype: str = "bfloat16", threads: Optional[int] = None) -> Any:
-    from ..training import build_cache, read_jsonl
+def _select_sources(records: list[dict[str, Any]], sources: Optional[str]) -> list[dict[str, Any]]:
+    """Keep the records whose ``source`` is listed; records without one (user data) always stay."""
+    if not sources:
+        return records
+    wanted = {s.strip() for s in sources.split(",") if s.strip()}
+    return [r for r in records if r.get("source") is None or r["source"] in wanted]
 
-    records = read_jsonl(data)
-    summary_path = _summary_path(data)
+
+def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
+               loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None,
+               sources: Optional[str] = None) -> Any:
+    from ..training import TrainingDataError, build_cache, read_jsonl
+
+    files = [data] if isinstance(data, Path) else list(data)
+    records: list[dict[str, Any]] = []
+    for file in files:
+        records += read_jsonl(file)
+    read = len(records)
+    records = _select_sources(records, sources)
+    if not records:
+        raise TrainingDataError(f"No record of {', '.join(map(str, files))} has a source in {sources!r}; "
+                                "nothing to cache. Check --sources (e.g. sample,reference).")
+    summary_path = _summary_path(files[0])
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {
-        "source": f"user JSONL {data}", "records": len(records)}
+        "source": f"user JSONL {files[0]}", "records": read}
+    summary["files"] = [str(f) for f in files]
+    summary["sources_kept"] = sources or "all"
+    summary["records_selected"] = len(records)
+    summary["records_by_source"] = {
+        key: sum(1 for r in records if r.get("source", "user") == key)
+        for key in sorted({r.get("source", "user") for r in records})
+    }
     loaded = loaded or _load(model, dtype, threads)
     cache = build_cache(*loaded, records, out, hidden_dtype=hidden_dtype, batch_size=batch_size,
                         max_length=max_length, data_summary=summary)
@@ -122,10 +156,12 @@ def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool,
     from ..training import FeatureCache, LossConfig, TrainConfig, export_trained_heads, fit
 
     cache = FeatureCache.open(cache_dir)
+    window = options.pop("soft_top_p_window")
     loss = LossConfig(heads=options.pop("heads"), top_p_steepness=options.pop("steepness"),
                       weight_by_label_probability=options.pop("weighting"),
                       easy_token_drop=options.pop("easy_token_drop"),
-                      top_p_grad_to_temperature=options.pop("top_p_grad_to_temperature"))
+                      top_p_grad_to_temperature=options.pop("top_p_grad_to_temperature"),
+                      soft_top_p_window=window or None)
     config = TrainConfig(loss=loss, **options)
     result = fit(cache, config, work_dir=work_dir or cache_dir / "fit", resume=resume)
     commands = {"data": (cache.meta.get("data_summary") or {}).get("command"), "cache": cache.meta.get("command"),
@@ -142,6 +178,11 @@ def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool,
 
 
 _TASKS_HELP = "Comma-separated reasoning-gym training tasks (easy configurations built in)."
+_SOURCES_HELP = ("Comma-separated record sources to keep: sample (own correct), reference (answers added for "
+                 "never-solved prompts), sample-wrong (own wrong samples). Default: all; user records without "
+                 "`source` are always kept.")
+_HIDDEN_HELP = ("Cached hidden-state dtype: float32 (exact for the float32 model) or float16 (half the disk; "
+                "logits within 1e-2 of the largest logit, checked on the first batch).")
 
 
 @train_app.command("data")
@@ -157,7 +198,7 @@ def data_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     seed: Annotated[int, typer.Option()] = 0,
     unsolved: Annotated[str, typer.Option(help="Never-solved prompts: `drop` them or add the `reference` answer.")] = "drop",
-    dtype: Annotated[str, typer.Option(help="Model dtype: bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="Model dtype: float32 (load_model's default) or bfloat16.")] = "float32",
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Rejection sampling: sample, grade with each task's scorer, keep the correct completions."""
@@ -171,32 +212,35 @@ def data_command(
 
 @train_app.command("cache")
 def cache_command(
-    data: Annotated[Path, typer.Option(help='JSONL of {"prompt", "completion"} records.')],
+    data: Annotated[list[Path], typer.Option(help='JSONL of {"prompt", "completion"} records; repeat to combine '
+                                             "files (e.g. DATA.wrong.jsonl for the wrong-samples variant).")],
     out: Annotated[Path, typer.Option(help="Cache folder to write.")],
+    sources: Annotated[Optional[str], typer.Option(help=_SOURCES_HELP)] = None,
     model: ModelOption = "default",
-    hidden_dtype: Annotated[str, typer.Option(help="float16 (exact for bf16 models) or float32.")] = "float16",
+    hidden_dtype: Annotated[str, typer.Option(help=_HIDDEN_HELP)] = "float32",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_length: Annotated[int, typer.Option(min=2)] = 1024,
-    dtype: Annotated[str, typer.Option(help="Model dtype for the forward pass: bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="Model dtype for the forward pass: float32 (load_model's default) or bfloat16.")] = "float32",
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Run the frozen model once; store hidden states and labels of the completion tokens."""
     command = _command_line("cache", dict(locals()))
     try:
         _run_cache(data, out, model, hidden_dtype, batch_size, max_length, command=command, dtype=dtype,
-                   threads=threads)
+                   threads=threads, sources=sources)
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 
 
 def _fit_options(heads: str, learning_rate: float, weight_decay: float, batch_tokens: int, epochs: int,
                  max_steps: Optional[int], seed: int, validation_fraction: float, checkpoint_every: int,
-                 steepness: float, weighting: bool, easy_token_drop: float, top_p_grad_to_temperature: bool
-                 ) -> dict[str, Any]:
+                 steepness: float, weighting: bool, easy_token_drop: float, top_p_grad_to_temperature: bool,
+                 soft_top_p_window: int) -> dict[str, Any]:
     return dict(heads=heads, learning_rate=learning_rate, weight_decay=weight_decay, batch_tokens=batch_tokens,
                 epochs=epochs, max_steps=max_steps, seed=seed, validation_fraction=validation_fraction,
                 checkpoint_every=checkpoint_every, steepness=steepness, weighting=weighting,
-                easy_token_drop=easy_token_drop, top_p_grad_to_temperature=top_p_grad_to_temperature)
+                easy_token_drop=easy_token_drop, top_p_grad_to_temperature=top_p_grad_to_temperature,
+                soft_top_p_window=soft_top_p_window)
 
 
 HeadsOpt = Annotated[str, typer.Option("--heads", help="both | temperature | top_p")]
@@ -211,6 +255,8 @@ SteepOpt = Annotated[float, typer.Option(help="alpha of the soft top-p mask (ref
 WeightOpt = Annotated[bool, typer.Option("--weighting/--no-weighting", help="Weight tokens by the model's p(label).")]
 DropOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Easy-token drop probability (reference 0.6; 0 = off).")]
 GradOpt = Annotated[bool, typer.Option("--top-p-grad-to-temperature/--no-top-p-grad-to-temperature")]
+WindowOpt = Annotated[int, typer.Option(min=0, help="Tokens whose cumulative mass the soft top-p loss sorts exactly; "
+                                                    "the tail is integrated. 0 = full sort (exact, ~2x slower).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint in the work dir.")]
 
 
@@ -233,13 +279,14 @@ def fit_command(
     weighting: WeightOpt = True,
     easy_token_drop: DropOpt = 0.6,
     top_p_grad_to_temperature: GradOpt = True,
+    soft_top_p_window: WindowOpt = 1024,
 ) -> None:
     """Train the heads on a cache (AdamW, seeded, resumable) and export them."""
     command = _command_line("fit", dict(locals()))
     try:
         _run_fit(cache, out, work_dir, resume, command, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
-            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature))
+            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window))
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 
@@ -257,7 +304,11 @@ def all_command(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
     sample_batch_size: Annotated[int, typer.Option(min=1)] = 64,
     unsolved: Annotated[str, typer.Option()] = "drop",
-    hidden_dtype: Annotated[str, typer.Option()] = "float16",
+    hidden_dtype: Annotated[str, typer.Option(help=_HIDDEN_HELP)] = "float32",
+    sources: Annotated[Optional[str], typer.Option(help=_SOURCES_HELP)] = None,
+    cache_batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    dtype: Annotated[str, typer.Option(help="Model dtype: float32 (load_model's default) or bfloat16.")] = "float32",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
     resume: ResumeOpt = True,
     heads: HeadsOpt = "both",
     learning_rate: LrOpt = 1e-3,
@@ -272,6 +323,7 @@ def all_command(
     weighting: WeightOpt = True,
     easy_token_drop: DropOpt = 0.6,
     top_p_grad_to_temperature: GradOpt = True,
+    soft_top_p_window: WindowOpt = 1024,
 ) -> None:
     """data -> cache -> fit -> export, with the model loaded once."""
     command = _command_line("all", dict(locals()))
@@ -279,10 +331,12 @@ def all_command(
         work.mkdir(parents=True, exist_ok=True)
         data = work / "data.jsonl"
         _, _, loaded = _run_data(data, model, tasks, prompts_per_task, temperatures, samples_per_temperature,
-                                 max_new_tokens, sample_batch_size, seed, unsolved, command=command)
-        _run_cache(data, work / "cache", model, hidden_dtype, 8, 1024, loaded=loaded, command=command)
+                                 max_new_tokens, sample_batch_size, seed, unsolved, command=command, dtype=dtype,
+                                 threads=threads)
+        _run_cache(data, work / "cache", model, hidden_dtype, cache_batch_size, 1024, loaded=loaded, command=command,
+                   sources=sources)
         _run_fit(work / "cache", out, work / "fit", resume, command, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
-            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature))
+            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window))
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))

@@ -20,7 +20,14 @@ from .data import (
 )
 from .export import export_trained_heads, training_record
 from .grading import answer_candidates, grade_reply, is_correct
-from .loss import LossConfig, autodeco_loss, hard_nucleus, soft_top_p_label_probability
+from .loss import (
+    LossConfig,
+    autodeco_loss,
+    hard_nucleus,
+    hard_nucleus_from_logits,
+    soft_top_p_label_probability,
+    soft_top_p_label_probability_windowed,
+)
 from .trainer import FitResult, TrainConfig, TrainingInterrupted, evaluate, fit, split_tokens
 
 __all__ = [
@@ -41,11 +48,13 @@ __all__ = [
     "fit",
     "grade_reply",
     "hard_nucleus",
+    "hard_nucleus_from_logits",
     "is_correct",
     "make_problems",
     "read_jsonl",
     "rejection_sample",
     "soft_top_p_label_probability",
+    "soft_top_p_label_probability_windowed",
     "split_tokens",
     "tokenize_record",
     "training_record",

@@ -7,7 +7,8 @@ the raw logits exactly as ``h @ W^T (+ b)``, so epochs never re-run the LM.
 Layout of a cache folder (written under a temporary name and renamed into place, so an
 interrupted run never leaves a half-written cache that looks complete):
 
-- ``hidden.npy``   [tokens, H]  float16 (default; exact for bf16 models) or float32
+- ``hidden.npy``   [tokens, H]  float32 (default; exact for float32 models) or float16 (exact for
+  bf16 models; for a float32 model the recomputed logits are within 1e-2 of the largest logit)
 - ``labels.npy``   [tokens]     int64 next-token ids
 - ``sequence.npy`` [tokens]     int32 index of the record each token came from (for the split)
 - ``lm_head.npy``  [V, H]       float32 LM-head weight (``lm_head_bias.npy`` [V] when it has one)
@@ -123,7 +124,7 @@ def build_cache(
     records: list[dict[str, Any]],
     directory: str | os.PathLike[str],
     *,
-    hidden_dtype: str = "float16",
+    hidden_dtype: str = "float32",
     batch_size: int = 8,
     max_length: int = 1024,
     data_summary: dict[str, Any] | None = None,

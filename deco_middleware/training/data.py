@@ -154,8 +154,13 @@ def _generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, temperatu
 
 
 def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool = True,
-                     log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Sample, grade and keep correct completions. Returns (records, summary with per-task yield)."""
+                     log: Callable[[str], None] | None = None, wrong_out: list[dict[str, Any]] | None = None
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sample, grade and keep correct completions. Returns (records, summary with per-task yield).
+
+    ``wrong_out``, when given, receives the distinct *wrong* samples as records too (``source``
+    ``"sample-wrong"``), for the variant that trains on the model's own wrong samples as well.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     started = time.perf_counter()
@@ -173,6 +178,7 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
     for p in problems:
         yields[p.task].prompts += 1
     correct: dict[int, list[tuple[str, float, bool]]] = {i: [] for i in range(len(problems))}
+    wrong: dict[int, list[tuple[str, float, bool]]] = {i: [] for i in range(len(problems))}
     generated_tokens = 0
     with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress) as bar:
@@ -193,6 +199,8 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
                         yields[problem.task].correct_samples += 1
                         if reply not in [c[0] for c in correct[i]]:
                             correct[i].append((reply, temperature, finished))
+                    elif reply.strip() and reply not in [c[0] for c in wrong[i]]:
+                        wrong[i].append((reply, temperature, finished))
                 elapsed = time.perf_counter() - started
                 info = f"T={temperature} {generated_tokens / elapsed:.0f} tok/s"
                 bar.update(job, advance=1, info=info)
@@ -213,17 +221,27 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
         if not kept and config.unsolved == "reference":
             records.append({**base, "completion": problem.answer, "source": "reference", "truncated": False})
             yields[problem.task].reference_added += 1
+    # The model's own wrong samples are kept apart (never mixed into ``records``): training on
+    # them is a variant (`wrong_records`), not the reference recipe.
+    wrong_records = [
+        {"task": problems[i].task, "index": problems[i].index, "seed": config.seed, "prompt": problems[i].prompt,
+         "completion": reply, "source": "sample-wrong", "temperature": temperature, "truncated": not finished}
+        for i in range(len(problems)) for reply, temperature, finished in wrong[i]
+    ]
     wall = time.perf_counter() - started
     summary = {
         "source": "rejection-sampling",
         "tasks": {task: {"config": _jsonable(task_config(task)), **yields[task].as_dict()} for task in config.tasks},
         "sampling": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
         "records": len(records),
+        "wrong_records": len(wrong_records),
         "samples": sum(y.samples for y in yields.values()),
         "generated_tokens": generated_tokens,
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(generated_tokens / wall, 1) if wall else None,
     }
+    if wrong_out is not None:
+        wrong_out.extend(wrong_records)
     return records, summary
 
 

@@ -10,6 +10,14 @@ For a token with raw logits ``l`` and label ``y``:
 - each loss is weighted per token by the frozen model's own ``softmax(l)[y]``, detached;
 - easy tokens (``argmax(l) == y``) are dropped with probability 0.6, redrawn every step.
 
+Speed (measured: a full sort of [128, 49152] logits was ~55% of a training step on this CPU):
+the label's own term needs no sort, its inclusive cumulative mass is the mass of every token with
+a larger logit plus its own. Only the denominator ``sum(p * m)`` needs the cumulative mass of
+every token; with ``soft_top_p_window = K`` the K most likely tokens get it exactly (``topk``)
+and the tail beyond them, whose tokens are individually tiny, is integrated as a continuum:
+``sum_tail p_i m(c_i) ~= integral of m(c) dc over [c_K, 1]``, which is off by at most the largest
+tail probability. ``None`` keeps the exact full sort.
+
 Reduction: ``sum(weight * kept * loss) / max(1, sum(kept))`` per loss; the total is their sum.
 """
 
@@ -34,6 +42,8 @@ class LossConfig:
     weight_by_label_probability: scale each token's loss by the frozen ``softmax(l)[y]`` (detached).
     easy_token_drop: probability of dropping a token whose label is the model's argmax (0 = off).
     top_p_grad_to_temperature: let the top-p loss's gradient reach the temperature head (reference).
+    soft_top_p_window: tokens whose cumulative mass the soft nucleus computes exactly (``topk``);
+        the tail beyond is integrated (module docstring). ``None`` = full sort, exact and slower.
     """
 
     heads: TrainedHeads = "both"
@@ -41,8 +51,11 @@ class LossConfig:
     weight_by_label_probability: bool = True
     easy_token_drop: float = 0.6
     top_p_grad_to_temperature: bool = True
+    soft_top_p_window: int | None = 1024
 
     def __post_init__(self) -> None:
+        if self.soft_top_p_window is not None and self.soft_top_p_window < 1:
+            raise ValueError(f"`soft_top_p_window` has to be >= 1 or None (full sort), got {self.soft_top_p_window!r}.")
         if self.heads not in ("both", "temperature", "top_p"):
             raise ValueError(f"`heads` must be 'both', 'temperature' or 'top_p', got {self.heads!r}.")
         if not self.top_p_steepness > 0:
@@ -78,6 +91,69 @@ def soft_top_p_label_probability(
     return label_kept / (kept.sum(dim=-1) + SOFT_TOP_P_EPS)
 
 
+def _soft_mask_integral(start: Any, top_p: Any, steepness: float) -> Any:
+    """``integral of exp(-alpha * relu(c - P)) dc`` over ``c`` in ``[start, 1]``, per row."""
+    start = start.clamp(0.0, 1.0)
+    flat_end = torch.minimum(top_p, torch.ones_like(top_p))
+    flat = (flat_end - start).clamp(min=0.0)  # where c <= P the mask is 1
+    decay_start = torch.maximum(start, top_p)
+    decay = (torch.exp(-steepness * (decay_start - top_p)) - torch.exp(-steepness * (1.0 - top_p))) / steepness
+    return flat + decay.clamp(min=0.0) * (top_p < 1.0)
+
+
+def soft_top_p_label_probability_windowed(
+    logits: Any, labels: Any, temperature: Any, top_p: Any, steepness: float, window: int | None
+) -> Any:
+    """``p~[y]`` of the soft nucleus from unsorted ``logits`` [B,V], without a full sort.
+
+    The numerator is exact; the denominator is exact over the ``window`` most likely tokens and
+    integrates the tail (module docstring). ``window=None`` or ``>= V`` is exact."""
+    vocab = logits.shape[-1]
+    scaled = logits / temperature.unsqueeze(-1)
+    log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    probs = torch.exp(scaled - log_norm)
+    label_logit = logits.gather(-1, labels.unsqueeze(-1))
+    label_prob = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    # Inclusive cumulative mass at the label: every token with a larger logit, plus itself.
+    label_cumulative = (probs * (logits > label_logit)).sum(dim=-1) + label_prob
+    label_kept = label_prob * torch.exp(-steepness * torch.relu(label_cumulative - top_p))
+    if window is None or window >= vocab:
+        sorted_probs = probs.sort(dim=-1, descending=True).values
+        tail = torch.zeros_like(label_prob)
+    else:
+        top_logits = logits.topk(window, dim=-1).values
+        sorted_probs = torch.exp(top_logits / temperature.unsqueeze(-1) - log_norm)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    head = (sorted_probs * torch.exp(-steepness * torch.relu(cumulative - top_p.unsqueeze(-1)))).sum(dim=-1)
+    if window is not None and window < vocab:
+        tail = _soft_mask_integral(cumulative[:, -1], top_p, steepness)
+    return label_kept / (head + tail + SOFT_TOP_P_EPS)
+
+
+def hard_nucleus_from_logits(logits: Any, labels: Any, temperature: Any, top_p: Any, window: int = 1024
+                             ) -> tuple[Any, Any]:
+    """:func:`hard_nucleus` from unsorted logits: a ``topk`` window, and a full sort only for the
+    rows whose nucleus is wider than the window."""
+    probs = torch.softmax(logits / temperature.unsqueeze(-1), dim=-1)
+    label_logit = logits.gather(-1, labels.unsqueeze(-1))
+    mass_before_label = (probs * (logits > label_logit)).sum(dim=-1)
+    inside = mass_before_label < top_p
+    inside = inside | (mass_before_label == 0)  # the most likely token is always kept
+    window = min(window, logits.shape[-1])
+    top = probs.topk(window, dim=-1).values
+    keep = (top.cumsum(dim=-1) - top) < top_p.unsqueeze(-1)
+    keep[:, 0] = True
+    size = keep.sum(dim=-1)
+    wide = keep[:, -1] & (window < logits.shape[-1])
+    if bool(wide.any()):
+        full = probs[wide].sort(dim=-1, descending=True).values
+        keep_full = (full.cumsum(dim=-1) - full) < top_p[wide].unsqueeze(-1)
+        keep_full[:, 0] = True
+        size = size.clone()
+        size[wide] = keep_full.sum(dim=-1)
+    return inside, size
+
+
 def hard_nucleus(sorted_logits: Any, label_rank: Any, temperature: Any, top_p: Any) -> tuple[Any, Any]:
     """(label inside the hard nucleus [B] bool, nucleus size [B]) with the sampler's rule:
     a token is kept while the mass before it is below P; the most likely token always is."""
@@ -97,8 +173,6 @@ class LossOutput:
     temperature: Any  # [B] predicted (ones when the head is not trained)
     top_p: Any  # [B] predicted (ones when the head is not trained)
     kept_tokens: int
-    sorted_logits: Any
-    label_rank: Any
 
 
 def autodeco_loss(
@@ -127,8 +201,6 @@ def autodeco_loss(
             easy = logits.argmax(dim=-1) == labels
             draw = torch.rand(labels.shape, generator=generator)
             kept = (~(easy & (draw < config.easy_token_drop))).float()
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        label_rank = (order == labels.unsqueeze(-1)).int().argmax(dim=-1)
     denominator = kept.sum().clamp(min=1.0)
     scale = weight * kept
     zero = logits.new_zeros(())
@@ -142,11 +214,11 @@ def autodeco_loss(
     if config.trains_top_p:
         t_for_top_p = temperature if config.top_p_grad_to_temperature else temperature.detach()
         top_p = heads.top_p_head(hidden, logits, t_for_top_p)
-        label_prob = soft_top_p_label_probability(sorted_logits, label_rank, t_for_top_p, top_p,
-                                                  config.top_p_steepness)
+        label_prob = soft_top_p_label_probability_windowed(logits, labels, t_for_top_p, top_p,
+                                                           config.top_p_steepness, config.soft_top_p_window)
         top_p_loss = (-torch.log(label_prob + SOFT_TOP_P_EPS) * scale).sum() / denominator
     else:
         top_p = torch.ones_like(weight)
         top_p_loss = zero
     return LossOutput(temperature_loss + top_p_loss, temperature_loss, top_p_loss, temperature, top_p,
-                      int(kept.sum()), sorted_logits, label_rank)
+                      int(kept.sum()))

@@ -20,7 +20,7 @@ from .._deps import require
 from ..manifest import atomic_write_bytes
 from .cache import FeatureCache
 from .data import TrainingDataError
-from .loss import LossConfig, autodeco_loss, hard_nucleus
+from .loss import LossConfig, autodeco_loss, hard_nucleus_from_logits
 
 torch = require("torch", purpose="Training heads")
 
@@ -103,7 +103,7 @@ def evaluate(heads: Any, cache: FeatureCache, indices: np.ndarray, config: Train
         for key, value in (("loss", out.total), ("temperature_loss", out.temperature_loss),
                            ("top_p_loss", out.top_p_loss)):
             sums[key] += float(value) * len(part)
-        label_inside, size = hard_nucleus(out.sorted_logits, out.label_rank, out.temperature, out.top_p)
+        label_inside, size = hard_nucleus_from_logits(logits.float(), labels, out.temperature, out.top_p)
         temperatures.append(out.temperature)
         top_ps.append(out.top_p)
         inside.append(label_inside.float())

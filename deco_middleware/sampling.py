@@ -46,6 +46,19 @@ class ArrayOps(Protocol, Generic[Array]):
     def take_last(self, x: Array, index: Array) -> Array: ...
     def cumsum_int(self, mask: Array) -> Array: ...
     def as_index(self, values: Any, like: Array) -> Array: ...
+    def topk(self, x: Array, k: int) -> tuple[Array, Array]: ...
+    def nonzero(self, mask: Array) -> Array: ...
+    def arange(self, n: int, like: Array) -> Array: ...
+    def zeros_index(self, n: int, like: Array) -> Array: ...
+    def full_like(self, x: Array, value: float) -> Array: ...
+    def sort_values_desc(self, x: Array) -> Array: ...
+
+
+def _numpy_topk_values(x: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest values of each row, descending (one partition pass, then a sort of k values)."""
+    vocab = x.shape[-1]
+    largest = np.partition(x, vocab - k, axis=-1)[:, vocab - k :]
+    return np.ascontiguousarray(np.sort(largest, axis=-1)[:, ::-1])
 
 
 class NumpyOps:
@@ -102,8 +115,7 @@ class NumpyOps:
         return np.asarray(x, dtype=np.float64)
 
     def topk_values(self, x, k):
-        part = -np.partition(-x, k - 1, axis=-1)[:, :k]
-        return -np.sort(-part, axis=-1)
+        return _numpy_topk_values(x, k)
 
     def take_last(self, x, index):
         return np.take_along_axis(x, np.asarray(index)[:, None], axis=-1)
@@ -113,6 +125,29 @@ class NumpyOps:
 
     def as_index(self, values, like):
         return np.asarray(values, dtype=np.int64)
+
+    def topk(self, x, k):
+        # argpartition finds the k largest in one pass; only those k are then sorted.
+        part = np.argpartition(-x, k - 1, axis=-1)[:, :k]
+        part_values = np.take_along_axis(x, part, axis=-1)
+        order = np.argsort(-part_values, axis=-1, kind="stable")
+        return np.take_along_axis(part_values, order, axis=-1), np.take_along_axis(part, order, axis=-1)
+
+    def nonzero(self, mask):
+        return np.flatnonzero(mask)
+
+    def arange(self, n, like):
+        return np.arange(n)
+
+    def zeros_index(self, n, like):
+        return np.zeros(n, dtype=np.int64)
+
+    def full_like(self, x, value):
+        return np.full_like(x, value)
+
+    def sort_values_desc(self, x):
+        # Values only: the descending sequence is unique, whatever the order among ties.
+        return np.sort(x, axis=-1)[:, ::-1]
 
 
 class TorchOps:
@@ -169,6 +204,10 @@ class TorchOps:
         return x.to(self.torch.float64)
 
     def topk_values(self, x, k):
+        if x.device.type == "cpu" and k > 64:
+            # numpy's partition + value sort measured several times faster than torch.topk for
+            # large k on CPU (torch sorts the k candidates with their indices).
+            return self.torch.from_numpy(_numpy_topk_values(x.detach().numpy(), k))
         return self.torch.topk(x, k, dim=-1, sorted=True).values
 
     def take_last(self, x, index):
@@ -179,6 +218,29 @@ class TorchOps:
 
     def as_index(self, values, like):
         return self.torch.as_tensor(values, dtype=self.torch.long, device=like.device)
+
+    def topk(self, x, k):
+        values, indices = self.torch.topk(x, k, dim=-1, sorted=True)
+        return values, indices
+
+    def nonzero(self, mask):
+        return self.torch.nonzero(mask).flatten()
+
+    def arange(self, n, like):
+        return self.torch.arange(n, device=like.device)
+
+    def zeros_index(self, n, like):
+        return self.torch.zeros(n, dtype=self.torch.long, device=like.device)
+
+    def full_like(self, x, value):
+        return self.torch.full_like(x, value)
+
+    def sort_values_desc(self, x):
+        if x.device.type == "cpu":
+            # numpy's vectorised value sort measured ~15x faster than torch.sort (which also
+            # builds indices) on a 49,152-token row on this project's AVX2 CPU.
+            return self.torch.from_numpy(np.ascontiguousarray(np.sort(x.detach().numpy(), axis=-1)[:, ::-1]))
+        return self.torch.sort(x, dim=-1, descending=True).values
 
 
 _OPS: dict[str, ArrayOps[Any]] = {}
@@ -329,35 +391,123 @@ def nucleus_filter_reference(scores: Array, top_p: Array) -> tuple[Array, Array]
     return ops.masked_fill(scores, remove, -math.inf), ops.count_last(~remove & (scores > -math.inf))
 
 
-def nucleus_filter(scores: Array, top_p: Array, *, candidates: tuple[int, ...] = (64, 1024)) -> tuple[Array, Array]:
-    """Same tokens as :func:`nucleus_filter_reference`, without sorting the whole vocabulary.
+def _keep_by_threshold(ops: ArrayOps[Any], probs: Array, threshold: Array, size: Array) -> Array:
+    """The reference's kept set, given each row's nucleus size ``n`` and n-th largest probability.
 
-    Only the most likely tokens of each row are sorted, ``candidates[0]`` of them first, then
-    ``candidates[1]``, ... When their mass reaches the row's ``top_p`` (almost always: LM
-    distributions are peaked), the nucleus size ``n`` is known, and the kept set is every token more
-    likely than the n-th plus, among tokens tied with it, the lowest indices: exactly the reference's
-    prefix. If a row's nucleus is larger than the last window, the batch falls back to the full sort.
+    Every token more likely than the n-th is kept; among the tokens tied with it, the lowest
+    vocabulary indices fill the remaining places (the reference sorts stably by probability).
     """
-    ops = ops_for(scores)
-    vocab = scores.shape[-1]
-    probs = ops.softmax(scores)
-    top_p64 = ops.to64(top_p)
-    for window in candidates:
-        k = min(window, vocab)
-        top_values = ops.topk_values(probs, k)  # [batch, k], descending
-        cumulative = ops.cumsum64(top_values)
-        resolved = (cumulative[:, -1] >= top_p64) | (top_p >= 1.0)
-        if k < vocab and bool(resolved.all()):
-            break
-    else:
-        return nucleus_filter_reference(scores, top_p)
-    inside = (cumulative - ops.to64(top_values)) < top_p64[:, None]
-    inside[:, 0] = True
-    size = ops.count_last(inside)  # nucleus size per row, 1..k
-    threshold = ops.take_last(top_values, size - 1)  # [batch, 1], probability of the n-th token
     above = probs > threshold
     tied = probs == threshold
     needed = size[:, None] - ops.count_last(above)[:, None]
-    keep = above | (tied & (ops.cumsum_int(tied) <= needed))
-    keep = keep | (top_p >= 1.0)[:, None]
-    return ops.masked_fill(scores, ~keep, -math.inf), ops.count_last(keep & (scores > -math.inf))
+    tied_count = ops.count_last(tied)[:, None]
+    if bool((tied_count <= needed).all()):  # every tied token fits: no need to rank them by index
+        return above | tied
+    return above | (tied & (ops.cumsum_int(tied) <= needed))
+
+
+def _nucleus_size(ops: ArrayOps[Any], sorted_probs: Array, cumulative: Array, top_p64: Array) -> tuple[Array, Array]:
+    """Nucleus size per row (1..k) and the probability of its last token, from a sorted prefix."""
+    inside = (cumulative - ops.to64(sorted_probs)) < top_p64[:, None]  # the reference's own arithmetic
+    inside[:, 0] = True  # a fresh array from the comparison above
+    size = ops.count_last(inside)
+    return size, ops.take_last(sorted_probs, size - 1)
+
+
+def nucleus_filter(
+    scores: Array, top_p: Array, *, candidates: tuple[int, ...] = (64, 1024, 8192)
+) -> tuple[Array, Array]:
+    """Same tokens as :func:`nucleus_filter_reference`, without an index sort of the whole vocabulary.
+
+    Rows with ``top_p >= 1`` are returned unchanged (``scores`` itself when every row has one). For
+    the others, the ``candidates[0]`` most likely tokens of each row are found (then
+    ``candidates[1]``, ... for the rows still open). When a window's mass reaches the row's
+    ``top_p`` (most rows: LM distributions are peaked), the nucleus size ``n`` is known and the kept
+    set is the window's first ``n`` tokens, written into a row of ``-inf``. If the (n+1)-th window
+    token ties the n-th, the kept set is rebuilt from the threshold: every token more likely than
+    the n-th plus, among the tokens tied with it, the lowest indices, exactly the reference's prefix.
+    Rows whose nucleus is larger than the last window sort their probabilities' *values* only (no
+    index sort; the cumulative mass of the sorted values is the reference's), then keep by threshold.
+    Rows whose mass never reaches ``top_p`` (rounding, NaN) go through the reference itself.
+    """
+    ops = ops_for(scores)
+    batch, vocab = scores.shape
+    open_rows = ops.nonzero(top_p < 1.0)
+    if len(open_rows) == 0:
+        return scores, ops.count_last(scores > -math.inf)
+    sizes = ops.zeros_index(batch, scores)
+    filtered = ops.full_like(scores, -math.inf)  # a fresh array, filled row by row; never `scores`
+    if len(open_rows) < batch:
+        closed_rows = ops.nonzero(top_p >= 1.0)
+        filtered[closed_rows] = scores[closed_rows]
+        sizes[closed_rows] = ops.count_last(scores[closed_rows] > -math.inf)
+    pending = open_rows
+    pending_probs = ops.softmax(scores[pending] if len(pending) < batch else scores)
+
+    def keep_by_threshold(rows: Array, probs: Array, threshold: Array, size: Array) -> None:
+        row_scores = scores[rows]
+        keep = _keep_by_threshold(ops, probs, threshold, size)
+        filtered[rows] = ops.masked_fill(row_scores, ~keep, -math.inf)
+        sizes[rows] = ops.count_last(keep & (row_scores > -math.inf))
+
+    for number, window in enumerate(candidates):
+        k = min(window, vocab)
+        if k >= vocab or len(pending) == 0:
+            break
+        row_top_p = ops.to64(top_p[pending])
+        if number > 0:
+            # Larger windows: values only (no indices), then keep by threshold.
+            top_values = ops.topk_values(pending_probs, k)
+            cumulative = ops.cumsum64(top_values)
+            resolved = cumulative[:, -1] >= row_top_p
+            done = ops.nonzero(resolved)
+            if len(done):
+                size, threshold = _nucleus_size(ops, top_values[done], cumulative[done], row_top_p[done])
+                keep_by_threshold(pending[done], pending_probs[done], threshold, size)
+            still = ops.nonzero(~resolved)
+            if len(still) < len(pending):
+                pending, pending_probs = pending[still], pending_probs[still]
+            continue
+        top_values, top_indices = ops.topk(pending_probs, k)  # [rows, k], descending
+        cumulative = ops.cumsum64(top_values)
+        resolved = cumulative[:, -1] >= row_top_p
+        done = ops.nonzero(resolved)
+        if len(done):
+            rows, values, indices = pending[done], top_values[done], top_indices[done]
+            size, threshold = _nucleus_size(ops, values, cumulative[done], row_top_p[done])
+            following = ops.take_last(values, ops.clip(size, None, k - 1))
+            # The window's first n tokens are the nucleus unless the (n+1)-th ties the n-th (which
+            # tied tokens the reference keeps depends on their vocabulary order) or the window ends at n.
+            clean = (size < k) & (following[:, 0] < threshold[:, 0])
+            clean_at = ops.nonzero(clean)
+            if len(clean_at):
+                width = int(size[clean_at].max())
+                keep_at = ops.arange(width, scores)[None, :] < size[clean_at][:, None]
+                # Padding columns repeat the row's top token, so every row writes `width` cells.
+                columns = ops.where(keep_at, indices[clean_at][:, :width], indices[clean_at][:, :1])
+                clean_rows = rows[clean_at][:, None]
+                kept_scores = scores[clean_rows, columns]
+                filtered[clean_rows, columns] = kept_scores
+                sizes[rows[clean_at]] = ops.count_last(keep_at & (kept_scores > -math.inf))
+            tied_at = ops.nonzero(~clean)
+            if len(tied_at):
+                at = done[tied_at]
+                keep_by_threshold(pending[at], pending_probs[at], threshold[tied_at], size[tied_at])
+        still = ops.nonzero(~resolved)
+        if len(still) < len(pending):  # copy the open rows' probabilities only when some closed
+            pending, pending_probs = pending[still], pending_probs[still]
+    if len(pending):
+        sorted_probs = ops.sort_values_desc(pending_probs)
+        cumulative = ops.cumsum64(sorted_probs)
+        row_top_p = ops.to64(top_p[pending])
+        resolved = cumulative[:, -1] >= row_top_p
+        done = ops.nonzero(resolved)
+        if len(done):
+            size, threshold = _nucleus_size(ops, sorted_probs[done], cumulative[done], row_top_p[done])
+            keep_by_threshold(pending[done], pending_probs[done], threshold, size)
+        pending = pending[ops.nonzero(~resolved)]
+    if len(pending):
+        row_filtered, row_sizes = nucleus_filter_reference(scores[pending], top_p[pending])
+        filtered[pending] = row_filtered
+        sizes[pending] = row_sizes
+    return filtered, sizes

@@ -198,3 +198,76 @@ def test_bench_reports_interleaved_ratios_on_a_tiny_model(tiny_model, tiny_token
         assert run["peak_rss_mb"] > 0
     assert set(result["heads_step_us"]["3"]) >= {"tap", "heads_onnx", "temperature", "nucleus", "nucleus_full_sort"}
     assert "| torch | 3 |" in to_markdown(result)
+
+
+def mixed_rows(rng, batch, vocab):
+    """A batch whose rows are of different kinds, so one call takes several of the filter's paths."""
+    return np.concatenate([random_rows(rng, 1, vocab) for _ in range(batch)])
+
+
+@pytest.mark.parametrize("engine_name", sorted(ENGINES))
+@pytest.mark.parametrize("candidates", [(4, 16), (2, 8, 32), (64, 1024, 8192)])
+def test_fast_nucleus_on_mixed_rows_selects_the_full_sort_tokens(engine_name, candidates):
+    from deco_middleware.sampling import nucleus_filter_reference
+
+    make = ENGINES[engine_name]
+    rng = np.random.default_rng(7)
+    for trial in range(150):
+        batch, vocab = int(rng.integers(1, 9)), int(rng.choice([5, 70, 1000]))
+        logits = make(mixed_rows(rng, batch, vocab))
+        top_p = make(rng.choice([0.0, 0.3, 0.9, 0.999, 0.99999, 1.0], size=batch))
+        fast, fast_sizes = nucleus_filter(logits, top_p, candidates=candidates)
+        ref, ref_sizes = nucleus_filter_reference(logits, top_p)
+        np.testing.assert_array_equal(np.isfinite(to_numpy(fast)), np.isfinite(to_numpy(ref)), err_msg=f"trial {trial}")
+        kept = np.isfinite(to_numpy(ref))
+        np.testing.assert_array_equal(to_numpy(fast)[kept], to_numpy(logits)[kept])  # kept scores are untouched
+        np.testing.assert_array_equal(to_numpy(fast_sizes), to_numpy(ref_sizes))
+
+
+@pytest.mark.parametrize("engine_name", sorted(ENGINES))
+def test_fast_nucleus_paths_one_by_one(engine_name):
+    """Each row of this batch takes one path of the windowed filter (windows 4 and 16, vocab 70)."""
+    from deco_middleware.sampling import nucleus_filter_reference
+
+    make = ENGINES[engine_name]
+    vocab = 70
+    rows = np.full((7, vocab), -5.0)
+    rows[0, [3, 9]] = [6.0, 5.0]  # clean: nucleus of 2 inside the first window
+    rows[1, [10, 20, 30, 40, 50]] = 4.0  # five tied tokens, nucleus of 3 cuts the tie: lowest indices win
+    rows[2, :12] = np.linspace(3.0, 2.0, 12)  # nucleus larger than 4, inside the second window (values only)
+    rows[3] = np.linspace(0.0, -0.01, vocab)  # nearly flat: larger than every window, value sort of the row
+    rows[4, 0] = 3.0  # top_p = 1: row untouched
+    rows[5] = -np.inf  # no finite token: probabilities are NaN, the reference decides
+    rows[6, 60] = 50.0  # one token holds all the mass
+    top_p = np.array([0.9, 0.5, 0.8, 0.9, 1.0, 0.5, 0.999])
+    with np.errstate(invalid="ignore"):  # numpy's softmax of the all -inf row is NaN, and says so
+        fast, sizes = nucleus_filter(make(rows), make(top_p), candidates=(4, 16))
+        ref, ref_sizes = nucleus_filter_reference(make(rows), make(top_p))
+    np.testing.assert_array_equal(np.isfinite(to_numpy(fast)), np.isfinite(to_numpy(ref)))
+    np.testing.assert_array_equal(to_numpy(sizes), to_numpy(ref_sizes))
+    assert list(np.flatnonzero(np.isfinite(to_numpy(fast)[1]))) == [10, 20, 30]
+    assert to_numpy(sizes)[[0, 4, 5, 6]].tolist() == [2, vocab, 0, 1]
+    assert 16 < to_numpy(sizes)[3] < vocab
+
+
+def test_fast_nucleus_returns_scores_when_no_row_is_filtered():
+    logits = torch.randn(3, 50)
+    filtered, sizes = nucleus_filter(logits, torch.ones(3))
+    assert filtered is logits
+    assert sizes.tolist() == [50, 50, 50]
+
+
+@pytest.mark.parametrize("engine_name", sorted(ENGINES))
+def test_value_sorts_match_a_full_sort(engine_name):
+    from deco_middleware.sampling import ops_for
+
+    rng = np.random.default_rng(3)
+    values = ENGINES[engine_name](rng.integers(0, 20, size=(4, 300)) / 7.0)  # many ties
+    ops = ops_for(values)
+    expected = -np.sort(-to_numpy(values), axis=-1)
+    np.testing.assert_array_equal(to_numpy(ops.sort_values_desc(values)), expected)
+    for k in (1, 5, 100, 300):
+        np.testing.assert_array_equal(to_numpy(ops.topk_values(values, k)), expected[:, :k])
+    top_values, top_indices = ops.topk(values, 10)
+    np.testing.assert_array_equal(to_numpy(top_values), expected[:, :10])
+    np.testing.assert_array_equal(np.take_along_axis(to_numpy(values), to_numpy(top_indices), axis=-1), expected[:, :10])

@@ -108,7 +108,7 @@ class SamplingConfig:
     samples_per_temperature: int = 1
     top_p: float = 1.0
     max_new_tokens: int = 96
-    batch_size: int = 48
+    batch_size: int = 64  # rows (prompts x samples) decoded together; results do not depend on it
     seed: int = 0
     unsolved: UnsolvedPolicy = "drop"
     max_kept_per_prompt: int | None = None  # None keeps every distinct correct completion
@@ -125,34 +125,6 @@ class SamplingConfig:
             raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
 
 
-def _generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, temperature: float, top_p: float,
-                    max_new_tokens: int, seed: int) -> tuple[list[str], int]:
-    torch = require("torch", purpose="Sampling training data")
-    from ..generation import chat_inputs
-
-    inputs = chat_inputs(tokenizer, prompts)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        sequences = model.generate(
-            **inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        )
-    new = sequences[:, inputs["input_ids"].shape[1]:]
-    texts, generated = [], 0
-    eos = tokenizer.eos_token_id
-    for row in new.tolist():
-        if eos in row:
-            row = row[: row.index(eos)]
-            finished = True
-        else:
-            finished = False
-        generated += len(row) + int(finished)
-        # A reply cut off by max_new_tokens is kept only if it was graded correct; it then ends
-        # without an end-of-turn token, which `truncated` records so the cache does not add one.
-        texts.append((tokenizer.decode(row, skip_special_tokens=True), finished))
-    return texts, generated
-
-
 def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool = True,
                      log: Callable[[str], None] | None = None, wrong_out: list[dict[str, Any]] | None = None
                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -163,6 +135,8 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..engine import EngineStats, Static, derive_seed, iter_sample
+
     started = time.perf_counter()
     problems: list[Problem] = []
     scorers: dict[str, Any] = {}
@@ -170,29 +144,30 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
         found, dataset = make_problems(task, config.prompts_per_task, config.seed)
         problems += found
         scorers[task] = dataset.score_answer
-    # Sorting by prompt length keeps padding small inside each batch.
-    order = sorted(range(len(problems)), key=lambda i: len(problems[i].prompt))
-    jobs = [(t, s) for t in config.temperatures for s in range(config.samples_per_temperature)]
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     yields = {task: TaskYield() for task in config.tasks}
     for p in problems:
         yields[p.task].prompts += 1
     correct: dict[int, list[tuple[str, float, bool]]] = {i: [] for i in range(len(problems))}
     wrong: dict[int, list[tuple[str, float, bool]]] = {i: [] for i in range(len(problems))}
-    generated_tokens = 0
+    stats = EngineStats()
+    total_rows = len(problems) * len(config.temperatures) * config.samples_per_temperature
+    done_rows = 0
     with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress) as bar:
-        job = bar.add_task("sampling", total=len(jobs) * len(batches), info="")
-        for job_index, (temperature, repeat) in enumerate(jobs):
-            for batch_index, batch in enumerate(batches):
-                seed = config.seed * 1_000_003 + job_index * 1009 + batch_index
-                replies, tokens = _generate_batch(
-                    model, tokenizer, [problems[i].prompt for i in batch], temperature=temperature,
-                    top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=seed,
-                )
-                generated_tokens += tokens
-                for i, (reply, finished) in zip(batch, replies):
-                    problem = problems[i]
+        job = bar.add_task("sampling", total=total_rows, info="")
+        for temperature in config.temperatures:
+            # Every sample has its own generator seeded from (run seed, task, problem, T, k): a
+            # sample does not depend on the batch it ran in, the other tasks, or max_rows.
+            seeds = [[derive_seed(config.seed, p.task, p.index, temperature, k)
+                      for k in range(config.samples_per_temperature)] for p in problems]
+            for i, completions in iter_sample(
+                model, tokenizer, [p.prompt for p in problems], policy=Static(temperature, config.top_p),
+                samples=config.samples_per_temperature, seeds=seeds, max_new_tokens=config.max_new_tokens,
+                max_rows=config.batch_size, stats=stats,
+            ):
+                problem = problems[i]
+                for completion in completions:
+                    reply, finished = completion.text, completion.finished
                     yields[problem.task].samples += 1
                     score = grade_reply(reply, problem.entry, scorers[problem.task])
                     if score >= CORRECT_SCORE:
@@ -201,13 +176,14 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
                             correct[i].append((reply, temperature, finished))
                     elif reply.strip() and reply not in [c[0] for c in wrong[i]]:
                         wrong[i].append((reply, temperature, finished))
+                done_rows += len(completions)
                 elapsed = time.perf_counter() - started
-                info = f"T={temperature} {generated_tokens / elapsed:.0f} tok/s"
-                bar.update(job, advance=1, info=info)
-                if log is not None:
-                    done = sum(y.correct_samples for y in yields.values())
-                    log(f"batch {job_index * len(batches) + batch_index + 1}/{len(jobs) * len(batches)} {info} "
-                        f"correct so far {done} ({elapsed:.0f} s)")
+                info = f"T={temperature} {stats.generated_tokens / elapsed:.0f} tok/s"
+                bar.update(job, completed=done_rows, info=info)
+                if log is not None and (done_rows % max(1, config.batch_size) < len(completions) or done_rows == total_rows):
+                    found_correct = sum(y.correct_samples for y in yields.values())
+                    log(f"{done_rows}/{total_rows} samples, {info}, correct so far {found_correct} ({elapsed:.0f} s)")
+    generated_tokens = stats.generated_tokens
     records: list[dict[str, Any]] = []
     for i, problem in enumerate(problems):
         kept = correct[i][: config.max_kept_per_prompt] if config.max_kept_per_prompt else correct[i]
@@ -237,6 +213,8 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
         "wrong_records": len(wrong_records),
         "samples": sum(y.samples for y in yields.values()),
         "generated_tokens": generated_tokens,
+        "prompt_tokens": stats.prompt_tokens,
+        "sampler": "deco_middleware.engine (one prefill per prompt and temperature, finished rows dropped)",
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(generated_tokens / wall, 1) if wall else None,
     }

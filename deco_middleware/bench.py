@@ -1,13 +1,22 @@
-"""Per-token cost of learned decoding against plain Hugging Face sampling (``deco bench``).
+"""Per-token cost of learned decoding against plain sampling (``deco bench``), per backend.
 
-Speed is measured as ratios inside one run: for each batch size, plain sampling (built-in
-temperature 0.7 and top-p 0.9 warpers) and the learned pair generate the same number of tokens from
+Speed is measured as ratios inside one run: for each backend and batch size, plain sampling with a
+static temperature 0.7 and top-p 0.9 and the learned pair generate the same number of tokens from
 the same prompts, interleaved repeat by repeat, and medians are compared. Absolute numbers on a
 shared machine are noisy; the ratio of interleaved medians much less so.
+
+- ``torch``: Hugging Face ``generate()``; plain is its built-in temperature and top-p warpers,
+  learned is :class:`~deco_middleware.hf.LearnedDecoding` (same model object, same prompts).
+- ``ort``: the torch-free :class:`~deco_middleware.ort.OnnxGenerator` loop on the ONNX export;
+  plain is the same loop with a static T=0.7 / P=0.9 (the same filter code, without the heads).
+
+``heads_step_us`` splits one step's extra cost into its parts, per backend and batch size, measured
+on the real last-position hidden states and logits of the benchmark prompts.
 """
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import sys
@@ -15,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 
 from ._deps import require
 
@@ -28,13 +38,21 @@ BENCH_PROMPTS = (
     "How many legs do three spiders have?",
     "Sort these words: pear, apple, fig.",
 )
-PLAIN_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
+PLAIN_TEMPERATURE, PLAIN_TOP_P = 0.7, 0.9
+PLAIN_SAMPLING = {"do_sample": True, "temperature": PLAIN_TEMPERATURE, "top_p": PLAIN_TOP_P, "top_k": 0}
+BACKENDS = ("torch", "ort")
+
+Progress = Callable[[str], None]
 
 
 def peak_rss_mb() -> float:
     # ru_maxrss is in kilobytes on Linux (bytes on macOS).
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def bench_prompts(batch: int) -> list[str]:
+    return [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(batch)]
 
 
 def _median_us(function: Callable[[], Any], repeats: int) -> float:
@@ -47,22 +65,70 @@ def _median_us(function: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples) * 1e6
 
 
-def step_cost_us(heads: Any, batch: int, repeats: int = 50, seed: int = 0) -> dict[str, float]:
-    """Median microseconds of each part of one learned-decoding step, on synthetic inputs."""
+def _interleaved(
+    plain: Callable[[int], Any], learned: Callable[[int], Any], repeats: int, label: str, progress: Progress | None
+) -> tuple[float, float]:
+    """Median seconds of ``plain`` and ``learned``, alternating which goes first; each gets the repeat index."""
+    plain(0)  # warm-up both paths once
+    learned(0)
+    timings: dict[str, list[float]] = {"plain": [], "learned": []}
+    for repeat in range(repeats):
+        order = (("plain", plain), ("learned", learned))
+        for name, function in order if repeat % 2 == 0 else reversed(order):
+            start = time.perf_counter()
+            function(repeat)
+            timings[name].append(time.perf_counter() - start)
+        if progress:
+            progress(f"{label}: repeat {repeat + 1}/{repeats}")
+    return statistics.median(timings["plain"]), statistics.median(timings["learned"])
+
+
+def _run_row(backend: str, batch: int, new_tokens: int, repeats: int, plain_s: float, learned_s: float) -> dict[str, Any]:
+    tokens = batch * new_tokens
+    return {
+        "backend": backend,
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "baseline_tokens_per_s": tokens / plain_s,
+        "autodeco_tokens_per_s": tokens / learned_s,
+        "baseline_step_ms": plain_s / new_tokens * 1e3,
+        "autodeco_step_ms": learned_s / new_tokens * 1e3,
+        "time_ratio": learned_s / plain_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def step_cost_us(
+    heads: Any, batch: int, repeats: int = 50, seed: int = 0, *, hidden: Any = None, logits: Any = None
+) -> dict[str, float]:
+    """Median microseconds of each part of one learned-decoding step on the torch backend.
+
+    ``hidden`` [batch, H] and ``logits`` [batch, V] torch tensors are the inputs (real ones from the
+    model give representative nucleus sizes); without them, seeded random ones are used.
+    ``baseline_warpers`` is what plain sampling pays instead: Hugging Face's temperature and top-p
+    warpers (T=0.7, P=0.9), which sort every row.
+    """
     torch = require("torch", purpose="Benchmarking")
+    transformers = require("transformers", purpose="Benchmarking")
     from .heads.modules import probability_statistics
     from .sampling import DecodingSettings, nucleus_filter, nucleus_filter_reference, resolve_decoding, warp_temperature
 
-    generator = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(batch, heads.hidden_size, generator=generator)
-    logits = torch.randn(batch, heads.vocab_size, generator=generator) * 4
-    scores = logits.float()
-    finite = torch.ones(batch, dtype=torch.bool)
+    if hidden is None or logits is None:
+        generator = torch.Generator().manual_seed(seed)
+        hidden = torch.randn(batch, heads.hidden_size, generator=generator)
+        logits = torch.randn(batch, heads.vocab_size, generator=generator) * 4
+    hidden, logits = hidden.float().contiguous(), logits.float().contiguous()
     settings = DecodingSettings()
-    h_np, l_np = hidden.float().numpy(), logits.float().numpy()
-    t_pred, p_pred = (torch.from_numpy(a) for a in heads.run(h_np, l_np))
+    h_np, l_np = hidden.numpy(), logits.numpy()
+    finite = np.isfinite(h_np).all(axis=-1)
+    t_pred, p_pred = heads.run(h_np, l_np)
     resolved = resolve_decoding(t_pred, p_pred, finite, settings)
-    warped = warp_temperature(scores, resolved.temperature)
+    temperature, top_p = torch.from_numpy(resolved.temperature), torch.from_numpy(resolved.top_p)
+    warped = warp_temperature(logits, temperature)
+    warpers = transformers.LogitsProcessorList(
+        [transformers.TemperatureLogitsWarper(PLAIN_TEMPERATURE), transformers.TopPLogitsWarper(PLAIN_TOP_P)]
+    )
     captured: dict[int, Any] = {}
 
     def tap_callback() -> None:  # what the forward hook does per step
@@ -72,12 +138,119 @@ def step_cost_us(heads: Any, batch: int, repeats: int = 50, seed: int = 0) -> di
         "tap": _median_us(tap_callback, repeats),
         "to_numpy": _median_us(lambda: (hidden.float().numpy(), logits.float().numpy()), repeats),
         "heads_onnx": _median_us(lambda: heads.run(h_np, l_np), repeats),
-        "statistics_share_torch": _median_us(lambda: probability_statistics(scores, t_pred), repeats),
+        "statistics_share_torch": _median_us(lambda: probability_statistics(logits, torch.from_numpy(t_pred)), repeats),
         "resolve": _median_us(lambda: resolve_decoding(t_pred, p_pred, finite, settings), repeats),
-        "temperature": _median_us(lambda: warp_temperature(scores, resolved.temperature), repeats),
-        "nucleus": _median_us(lambda: nucleus_filter(warped, resolved.top_p), repeats),
-        "nucleus_full_sort": _median_us(lambda: nucleus_filter_reference(warped, resolved.top_p), repeats),
+        "temperature": _median_us(lambda: warp_temperature(logits, temperature), repeats),
+        "nucleus": _median_us(lambda: nucleus_filter(warped, top_p), repeats),
+        "nucleus_full_sort": _median_us(lambda: nucleus_filter_reference(warped, top_p), max(3, repeats // 10)),
+        "baseline_warpers": _median_us(lambda: warpers(None, logits), max(3, repeats // 10)),
     }
+
+
+def step_cost_us_numpy(heads: Any, hidden: np.ndarray, logits: np.ndarray, repeats: int = 50) -> dict[str, float]:
+    """Median microseconds of each part of one learned-decoding step on the numpy / ORT backend.
+
+    ``baseline_filters`` is what the plain (static T=0.7, P=0.9) loop pays instead: its temperature
+    division and nucleus filter.
+    """
+    from .sampling import DecodingSettings, nucleus_filter, nucleus_filter_reference, resolve_decoding, warp_temperature
+
+    hidden, logits = np.ascontiguousarray(hidden, np.float32), np.ascontiguousarray(logits, np.float32)
+    settings = DecodingSettings()
+    finite = np.isfinite(hidden).all(axis=-1)
+    t_pred, p_pred = heads.run(hidden, logits)
+    resolved = resolve_decoding(t_pred, p_pred, finite, settings)
+    warped = warp_temperature(logits, resolved.temperature)
+    rows = logits.shape[0]
+    plain_t, plain_p = np.full(rows, PLAIN_TEMPERATURE, np.float32), np.full(rows, PLAIN_TOP_P, np.float32)
+    return {
+        "heads_onnx": _median_us(lambda: heads.run(hidden, logits), repeats),
+        "resolve": _median_us(lambda: resolve_decoding(t_pred, p_pred, finite, settings), repeats),
+        "temperature": _median_us(lambda: warp_temperature(logits, resolved.temperature), repeats),
+        "nucleus": _median_us(lambda: nucleus_filter(warped, resolved.top_p), repeats),
+        "nucleus_full_sort": _median_us(lambda: nucleus_filter_reference(warped, resolved.top_p), max(3, repeats // 10)),
+        "baseline_filters": _median_us(lambda: nucleus_filter(warp_temperature(logits, plain_t), plain_p), repeats),
+    }
+
+
+def bench_torch(
+    model: Any,
+    tokenizer: Any,
+    heads: Any,
+    *,
+    batch_sizes: Sequence[int],
+    new_tokens: int,
+    repeats: int,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Runs and per-step costs of the torch backend (Hugging Face ``generate``)."""
+    torch = require("torch", purpose="Benchmarking")
+    from .generation import chat_inputs
+    from .hf import HiddenStateTap, LearnedDecoding
+
+    decoding = LearnedDecoding(heads)
+    runs, costs = [], {}
+    fixed_length = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "pad_token_id": tokenizer.pad_token_id}
+    for batch in batch_sizes:
+        inputs = chat_inputs(tokenizer, bench_prompts(batch))
+
+        def plain(repeat: int) -> None:
+            torch.manual_seed(repeat)
+            model.generate(**inputs, **fixed_length, **PLAIN_SAMPLING)
+
+        def learned(repeat: int) -> None:
+            torch.manual_seed(repeat)
+            decoding.generate(model, **inputs, **fixed_length)
+
+        with torch.inference_mode():
+            plain_s, learned_s = _interleaved(plain, learned, repeats, f"torch batch {batch}", progress)
+            with HiddenStateTap(model) as tap:  # the prompts' last positions: real LM distributions
+                model(**inputs, logits_to_keep=1)
+                hidden, logits = tap.pop()
+            costs[str(batch)] = step_cost_us(heads, batch, hidden=hidden, logits=logits)
+        runs.append(_run_row("torch", batch, new_tokens, repeats, plain_s, learned_s))
+    return runs, costs
+
+
+def bench_ort(
+    lm: Any,
+    tokenizer: Any,
+    heads: Any,
+    *,
+    batch_sizes: Sequence[int],
+    new_tokens: int,
+    repeats: int,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Runs and per-step costs of the ONNX Runtime backend (the torch-free ``OnnxGenerator`` loop).
+
+    ``lm`` is an :class:`~deco_middleware.ort.OnnxCausalLM`, ``tokenizer`` its
+    :class:`~deco_middleware.ort.ChatTokenizer`. No EOS is given, so every row decodes exactly
+    ``new_tokens`` tokens on both paths.
+    """
+    from .ort import OnnxGenerator
+    from .sampling import DecodingSettings
+
+    plain_generator = OnnxGenerator(lm, None, DecodingSettings(temperature_scale=PLAIN_TEMPERATURE, top_p_scale=PLAIN_TOP_P))
+    learned_generator = OnnxGenerator(lm, heads)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    runs, costs = [], {}
+    for batch in batch_sizes:
+        prompts = [tokenizer.encode_chat(prompt) for prompt in bench_prompts(batch)]
+
+        def plain(repeat: int) -> None:
+            plain_generator.generate(prompts, max_new_tokens=new_tokens, seed=repeat, pad_token_id=pad)
+
+        def learned(repeat: int) -> None:
+            learned_generator.generate(prompts, max_new_tokens=new_tokens, seed=repeat, pad_token_id=pad)
+
+        plain_s, learned_s = _interleaved(plain, learned, repeats, f"ort batch {batch}", progress)
+        from .ort import left_pad
+
+        outputs, _ = lm.prefill(*left_pad(prompts, pad))
+        costs[str(batch)] = step_cost_us_numpy(heads, outputs.hidden_states[:, -1, :], outputs.logits[:, -1, :])
+        runs.append(_run_row("ort", batch, new_tokens, repeats, plain_s, learned_s))
+    return runs, costs
 
 
 def run_bench(
@@ -88,67 +261,43 @@ def run_bench(
     batch_sizes: Sequence[int] = (1, 16),
     new_tokens: int = 64,
     repeats: int = 3,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    ort_lm: Any = None,
+    ort_tokenizer: Any = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Interleaved plain-vs-learned generation timings and the per-step cost breakdown."""
-    torch = require("torch", purpose="Benchmarking")
-    from .generation import chat_inputs
-    from .hf import LearnedDecoding
+    """Interleaved plain-vs-learned timings and per-step costs for every backend given.
 
-    decoding = LearnedDecoding(heads)
-    runs = []
-    fixed_length = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "pad_token_id": tokenizer.pad_token_id}
-    for batch in batch_sizes:
-        prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(batch)]
-        inputs = chat_inputs(tokenizer, prompts)
-        timings: dict[str, list[float]] = {"plain": [], "learned": []}
-
-        def plain() -> None:
-            model.generate(**inputs, **fixed_length, **PLAIN_SAMPLING)
-
-        def learned() -> None:
-            decoding.generate(model, **inputs, **fixed_length)
-
-        with torch.inference_mode():
-            plain()  # warm-up both paths once
-            learned()
-            for repeat in range(repeats):
-                order = (("plain", plain), ("learned", learned)) if repeat % 2 == 0 else (("learned", learned), ("plain", plain))
-                for name, function in order:
-                    torch.manual_seed(repeat)
-                    start = time.perf_counter()
-                    function()
-                    timings[name].append(time.perf_counter() - start)
-                if progress:
-                    progress(f"batch {batch}: repeat {repeat + 1}/{repeats}")
-        plain_s, learned_s = statistics.median(timings["plain"]), statistics.median(timings["learned"])
-        tokens = batch * new_tokens
-        runs.append(
-            {
-                "backend": "torch",
-                "batch": batch,
-                "new_tokens": new_tokens,
-                "repeats": repeats,
-                "baseline_tokens_per_s": tokens / plain_s,
-                "autodeco_tokens_per_s": tokens / learned_s,
-                "baseline_step_ms": plain_s / new_tokens * 1e3,
-                "autodeco_step_ms": learned_s / new_tokens * 1e3,
-                "time_ratio": learned_s / plain_s,
-                "peak_rss_mb": peak_rss_mb(),
-            }
-        )
-    return {
-        "runs": runs,
-        "heads_step_us": {str(batch): step_cost_us(heads, batch) for batch in batch_sizes},
-        "config": {
-            "baseline": PLAIN_SAMPLING,
-            "batch_sizes": list(batch_sizes),
-            "new_tokens": new_tokens,
-            "repeats": repeats,
-            "model_dtype": str(getattr(model, "dtype", "")),
-            "torch_threads": torch.get_num_threads(),
-        },
+    ``model`` / ``tokenizer``: a transformers causal LM and its tokenizer for the torch backend
+    (``None`` skips it). ``ort_lm`` / ``ort_tokenizer``: an ``OnnxCausalLM`` and its
+    ``ChatTokenizer`` for the ORT backend (``None`` skips it). ``skipped`` records why a backend
+    was left out.
+    """
+    if model is None and ort_lm is None:
+        raise ValueError("Nothing to benchmark: pass a torch `model`, an `ort_lm`, or both.")
+    common = {"batch_sizes": batch_sizes, "new_tokens": new_tokens, "repeats": repeats, "progress": progress}
+    runs: list[dict[str, Any]] = []
+    costs: dict[str, dict[str, dict[str, float]]] = {}
+    config: dict[str, Any] = {
+        "baseline": {"temperature": PLAIN_TEMPERATURE, "top_p": PLAIN_TOP_P},
+        "batch_sizes": list(batch_sizes),
+        "new_tokens": new_tokens,
+        "repeats": repeats,
     }
+    if model is not None:
+        torch = require("torch", purpose="Benchmarking")
+        backend_runs, costs["torch"] = bench_torch(model, tokenizer, heads, **common)
+        runs += backend_runs
+        config.update(model_dtype=str(getattr(model, "dtype", "")), torch_threads=torch.get_num_threads())
+    if ort_lm is not None:
+        backend_runs, costs["ort"] = bench_ort(ort_lm, ort_tokenizer, heads, **common)
+        runs += backend_runs
+        config["ort_model"] = str(getattr(ort_lm, "directory", ""))
+    return {"runs": runs, "heads_step_us": costs, "skipped": dict(skipped or {}), "config": config}
+
+
+def _us(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.0f}"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -161,11 +310,12 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {run['backend']} | {run['batch']} | {run['baseline_tokens_per_s']:.1f} | {run['autodeco_tokens_per_s']:.1f} "
             f"| {run['baseline_step_ms']:.1f} | {run['autodeco_step_ms']:.1f} | {run['time_ratio']:.3f} | {run['peak_rss_mb']:.0f} |"
         )
-    parts = sorted({part for costs in result["heads_step_us"].values() for part in costs})
-    lines += ["", "Per-step cost of the learned pair's parts (median microseconds):", "",
-              "| batch | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
-    for batch, costs in result["heads_step_us"].items():
-        lines.append(f"| {batch} | " + " | ".join(f"{costs[p]:.0f}" for p in parts) + " |")
+    for backend, by_batch in result["heads_step_us"].items():
+        parts = list(next(iter(by_batch.values())))
+        lines += ["", f"Per-step cost of the learned pair's parts, {backend} backend (median microseconds):", "",
+                  "| batch | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
+        for batch, step in by_batch.items():
+            lines.append(f"| {batch} | " + " | ".join(_us(step.get(p, math.nan)) for p in parts) + " |")
+    for backend, reason in result.get("skipped", {}).items():
+        lines += ["", f"Skipped backend `{backend}`: {reason}"]
     return "\n".join(lines) + "\n"
-
-

@@ -188,18 +188,6 @@ def test_fast_nucleus_selects_exactly_the_full_sort_tokens(engine_name):
         np.testing.assert_array_equal(to_numpy(fast_sizes), to_numpy(ref_sizes))
 
 
-def test_bench_reports_interleaved_ratios_on_a_tiny_model(tiny_model, tiny_tokenizer, tiny_heads):
-    from deco_middleware.bench import run_bench, to_markdown
-
-    result = run_bench(tiny_model, tiny_tokenizer, tiny_heads, batch_sizes=(1, 3), new_tokens=3, repeats=1)
-    assert [run["batch"] for run in result["runs"]] == [1, 3]
-    for run in result["runs"]:
-        assert run["time_ratio"] == pytest.approx(run["baseline_tokens_per_s"] / run["autodeco_tokens_per_s"])
-        assert run["peak_rss_mb"] > 0
-    assert set(result["heads_step_us"]["3"]) >= {"tap", "heads_onnx", "temperature", "nucleus", "nucleus_full_sort"}
-    assert "| torch | 3 |" in to_markdown(result)
-
-
 def mixed_rows(rng, batch, vocab):
     """A batch whose rows are of different kinds, so one call takes several of the filter's paths."""
     return np.concatenate([random_rows(rng, 1, vocab) for _ in range(batch)])

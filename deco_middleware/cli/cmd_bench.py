@@ -1,31 +1,66 @@
-"""``deco bench``: cost of learned decoding against plain Hugging Face sampling."""
+"""``deco bench``: cost of learned decoding against plain sampling, per backend."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from ..errors import DecoError
 from .app import _fail, app, console, heads_for_model
 
+BACKEND_CHOICES = ("torch", "ort", "all")
+
+
+def _load_ort(model: str) -> tuple[Any, Any]:
+    """The ONNX export of ``model`` (``default``: the cached export) and its tokenizer."""
+    from ..ort import ChatTokenizer, OnnxCausalLM, resolve_onnx_model
+
+    path = resolve_onnx_model(model)
+    lm = OnnxCausalLM(path)
+    return lm, ChatTokenizer(lm.directory)
+
+
+def _ort_unavailable(model: str) -> str | None:
+    """Why the ORT backend cannot run for ``model`` without exporting anything, or ``None``."""
+    from .._deps import is_available
+
+    if not is_available("onnxruntime") or not is_available("tokenizers"):
+        return "onnxruntime / tokenizers are not installed (pip install 'deco-middleware[ort-app]')"
+    from ..ort import default_onnx_path
+    from ..ort.graph import EXPORT_INFO_NAME, ONNX_MODEL_NAME
+
+    if model == "default":
+        if not (default_onnx_path() / EXPORT_INFO_NAME).is_file():
+            return "the default model has no ONNX export yet; run `deco bench --backend ort` once to create it"
+        return None
+    if not (Path(model) / ONNX_MODEL_NAME).is_file():
+        return f"{model} is not an ONNX export; export it with `deco export-lm {model} OUT`"
+    return None
+
 
 @app.command()
 def bench(
     model: Annotated[str, typer.Option(help="`default` or a local model folder.")] = "default",
     heads: Annotated[str, typer.Option(help="`default`, a shipped name, or a path.")] = "default",
+    backend: Annotated[str, typer.Option(help="torch | ort | all (every available backend).")] = "all",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16",
     new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     repeats: Annotated[int, typer.Option(min=1)] = 3,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON.")] = None,
     markdown_out: Annotated[Optional[Path], typer.Option("--markdown", help="Write a markdown table.")] = None,
 ) -> None:
-    """Time plain sampling (T=0.7, P=0.9) against the learned pair, interleaved; medians and ratios."""
-    from ..bench import run_bench, to_markdown
-    from ..default_model import load_model
+    """Time plain sampling (T=0.7, P=0.9) against the learned pair per backend, interleaved; medians and ratios.
 
+    torch: Hugging Face generate() with its built-in warpers vs LearnedDecoding. ort: the torch-free
+    ONNX Runtime loop with a static T/P vs the same loop with the heads.
+    """
+    from ..bench import run_bench, to_markdown
+
+    if backend not in BACKEND_CHOICES:
+        _fail(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}.")
     try:
         sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
         if not sizes or min(sizes) < 1:
@@ -33,12 +68,31 @@ def bench(
     except ValueError:
         _fail(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}.")
         return
+    skipped: dict[str, str] = {}
+    use_ort = backend == "ort"
+    if backend == "all":
+        reason = _ort_unavailable(model)
+        if reason:
+            skipped["ort"] = reason
+            console.print(f"[yellow]skipping the ort backend:[/] {reason}", highlight=False)
+        use_ort = reason is None
     try:
-        lm, tokenizer = load_model(model)
-        loaded = heads_for_model(heads, lm)
+        lm = tokenizer = ort_lm = ort_tokenizer = loaded = None
+        if backend in ("torch", "all"):
+            from ..default_model import load_model
+
+            lm, tokenizer = load_model(model)
+            loaded = heads_for_model(heads, lm)
+        if use_ort:
+            from ..heads.artifact import heads_for_identity
+
+            ort_lm, ort_tokenizer = _load_ort(model)
+            if loaded is None:
+                loaded = heads_for_identity(heads, ort_lm.identity())
         result = run_bench(lm, tokenizer, loaded, batch_sizes=sizes, new_tokens=new_tokens, repeats=repeats,
+                           ort_lm=ort_lm, ort_tokenizer=ort_tokenizer, skipped=skipped,
                            progress=lambda message: console.print(f"[dim]{message}[/]"))
-    except DecoError as error:
+    except (DecoError, FileNotFoundError) as error:
         _fail(str(error))
         return
     table = to_markdown(result)

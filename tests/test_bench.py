@@ -1,0 +1,105 @@
+"""`deco bench` on tiny models: the shape of its result, never its timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deco_middleware import DecodingHeads
+
+ORT_ASSET = Path(__file__).parent / "assets" / "ort_tiny"
+STEP_PARTS = {"heads_onnx", "resolve", "temperature", "nucleus", "nucleus_full_sort"}
+
+
+def check_runs(result, backend, batches):
+    runs = [run for run in result["runs"] if run["backend"] == backend]
+    assert [run["batch"] for run in runs] == list(batches)
+    for run in runs:
+        assert run["time_ratio"] == pytest.approx(run["baseline_tokens_per_s"] / run["autodeco_tokens_per_s"])
+        assert run["autodeco_step_ms"] * run["new_tokens"] == pytest.approx(run["batch"] * run["new_tokens"] / run["autodeco_tokens_per_s"] * 1e3)
+        assert run["peak_rss_mb"] > 0
+    assert set(result["heads_step_us"][backend]) == {str(b) for b in batches}
+
+
+def test_torch_backend_reports_interleaved_ratios_and_step_parts(tiny_model, tiny_tokenizer, tiny_heads):
+    from deco_middleware.bench import run_bench, to_markdown
+
+    result = run_bench(tiny_model, tiny_tokenizer, tiny_heads, batch_sizes=(1, 3), new_tokens=3, repeats=1)
+    check_runs(result, "torch", (1, 3))
+    parts = result["heads_step_us"]["torch"]["3"]
+    assert set(parts) >= STEP_PARTS | {"tap", "baseline_warpers"}
+    assert all(value > 0 for value in parts.values())
+    table = to_markdown(result)
+    assert "| torch | 3 |" in table and "torch backend" in table
+    json.dumps(result)  # the CLI writes it as JSON
+
+
+@pytest.fixture(scope="module")
+def ort_pair():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tokenizers")
+    from deco_middleware.ort import ChatTokenizer, OnnxCausalLM
+
+    lm = OnnxCausalLM(ORT_ASSET / "lm")
+    return lm, ChatTokenizer(ORT_ASSET / "lm"), DecodingHeads.from_pretrained(ORT_ASSET / "heads")
+
+
+def test_ort_backend_compares_the_same_loop_with_and_without_heads(ort_pair):
+    from deco_middleware.bench import run_bench, to_markdown
+
+    lm, tokenizer, heads = ort_pair
+    result = run_bench(None, None, heads, batch_sizes=(2,), new_tokens=3, repeats=1, ort_lm=lm, ort_tokenizer=tokenizer,
+                       skipped={"torch": "not asked"})
+    check_runs(result, "ort", (2,))
+    assert set(result["heads_step_us"]["ort"]["2"]) >= STEP_PARTS | {"baseline_filters"}
+    assert "torch" not in result["heads_step_us"]
+    table = to_markdown(result)
+    assert "| ort | 2 |" in table and "Skipped backend `torch`: not asked" in table
+
+
+def test_ort_plain_baseline_is_the_static_sampler_of_the_same_loop(ort_pair, monkeypatch):
+    """The plain ORT path must be OnnxGenerator with T=0.7, P=0.9 and no heads; the learned one has the heads."""
+    from deco_middleware import bench
+    from deco_middleware.ort import OnnxGenerator
+
+    lm, tokenizer, heads = ort_pair
+    made = []
+    original = OnnxGenerator.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(OnnxGenerator, "__init__", record)
+    bench.bench_ort(lm, tokenizer, heads, batch_sizes=(1,), new_tokens=2, repeats=1)
+    plain, learned = made
+    assert plain.heads is None and plain.lm is learned.lm
+    assert (plain.settings.temperature_scale, plain.settings.top_p_scale) == (bench.PLAIN_TEMPERATURE, bench.PLAIN_TOP_P)
+    assert learned.heads is heads and learned.settings.temperature_scale == 1.0
+
+
+def test_nothing_to_benchmark_is_an_error(tiny_heads):
+    from deco_middleware.bench import run_bench
+
+    with pytest.raises(ValueError, match="Nothing to benchmark"):
+        run_bench(None, None, tiny_heads)
+
+
+def test_cli_refuses_an_unknown_backend():
+    typer_testing = pytest.importorskip("typer.testing")
+    from deco_middleware.cli.app import app
+
+    result = typer_testing.CliRunner().invoke(app, ["bench", "--backend", "gpu"])
+    assert result.exit_code == 2
+    assert "--backend must be one of torch, ort, all, got 'gpu'" in result.output
+
+
+def test_ort_is_skipped_with_a_reason_for_a_folder_that_is_not_an_export(tmp_path):
+    pytest.importorskip("typer")
+    from deco_middleware.cli.cmd_bench import _ort_unavailable
+
+    reason = _ort_unavailable(str(tmp_path))
+    assert reason is not None and "deco export-lm" in reason
+    assert _ort_unavailable(str(ORT_ASSET / "lm")) in (None, "onnxruntime / tokenizers are not installed (pip install 'deco-middleware[ort-app]')")

@@ -78,9 +78,11 @@ class NumpyOps:
         return x if low is None and high is None else np.clip(x, low, high)
 
     def softmax(self, x):
-        shifted = x - np.max(x, axis=-1, keepdims=True)
-        exp = np.exp(shifted)
-        return exp / exp.sum(axis=-1, keepdims=True)
+        # In place on one fresh array: the same operations as the textbook form, two fewer [B, V] allocations.
+        out = x - np.max(x, axis=-1, keepdims=True)
+        np.exp(out, out=out)
+        out /= out.sum(axis=-1, keepdims=True)
+        return out
 
     def sort_desc(self, x):
         indices = np.argsort(-x, axis=-1, kind="stable")
@@ -128,7 +130,7 @@ class NumpyOps:
 
     def topk(self, x, k):
         # argpartition finds the k largest in one pass; only those k are then sorted.
-        part = np.argpartition(-x, k - 1, axis=-1)[:, :k]
+        part = np.argpartition(x, x.shape[-1] - k, axis=-1)[:, x.shape[-1] - k :]
         part_values = np.take_along_axis(x, part, axis=-1)
         order = np.argsort(-part_values, axis=-1, kind="stable")
         return np.take_along_axis(part_values, order, axis=-1), np.take_along_axis(part, order, axis=-1)
@@ -204,7 +206,7 @@ class TorchOps:
         return x.to(self.torch.float64)
 
     def topk_values(self, x, k):
-        if x.device.type == "cpu" and k > 64:
+        if self._numpy_view(x) and k > 64:
             # numpy's partition + value sort measured several times faster than torch.topk for
             # large k on CPU (torch sorts the k candidates with their indices).
             return self.torch.from_numpy(_numpy_topk_values(x.detach().numpy(), k))
@@ -235,8 +237,12 @@ class TorchOps:
     def full_like(self, x, value):
         return self.torch.full_like(x, value)
 
+    def _numpy_view(self, x) -> bool:
+        # numpy reads CPU float32/float64 tensors without a copy; it has no bfloat16 or float16 SIMD sort.
+        return x.device.type == "cpu" and x.dtype in (self.torch.float32, self.torch.float64)
+
     def sort_values_desc(self, x):
-        if x.device.type == "cpu":
+        if self._numpy_view(x):
             # numpy's vectorised value sort measured ~15x faster than torch.sort (which also
             # builds indices) on a 49,152-token row on this project's AVX2 CPU.
             return self.torch.from_numpy(np.ascontiguousarray(np.sort(x.detach().numpy(), axis=-1)[:, ::-1]))

@@ -259,3 +259,14 @@ def test_value_sorts_match_a_full_sort(engine_name):
     top_values, top_indices = ops.topk(values, 10)
     np.testing.assert_array_equal(to_numpy(top_values), expected[:, :10])
     np.testing.assert_array_equal(np.take_along_axis(to_numpy(values), to_numpy(top_indices), axis=-1), expected[:, :10])
+
+
+def test_fast_nucleus_on_bfloat16_scores_matches_the_reference():
+    from deco_middleware.sampling import nucleus_filter_reference
+
+    rng = np.random.default_rng(11)
+    logits = torch.as_tensor(mixed_rows(rng, 6, 1000), dtype=torch.bfloat16)
+    top_p = torch.tensor([0.3, 0.9, 0.999, 0.99999, 1.0, 0.5])
+    fast, sizes = nucleus_filter(logits, top_p, candidates=(4, 128))
+    ref, ref_sizes = nucleus_filter_reference(logits, top_p)
+    assert torch.equal(torch.isfinite(fast), torch.isfinite(ref)) and torch.equal(sizes, ref_sizes)

@@ -65,6 +65,16 @@ def test_cache_combines_files_and_keeps_only_the_listed_sources(tmp_path):
     assert meta["data_summary"]["records_by_source"] == {"sample": 1, "sample-wrong": 1}
     assert meta["completion_tokens"] == (2 + 1) + (3 + 1)  # words + end of turn, the reference dropped
     assert "--data" in meta["command"] and str(wrong) in meta["command"]
+    assert meta["record_sources"] == ["sample", "sample-wrong"]
+    # fit --sources trains on a subset of the cached records (here: only the wrong sample's 4 tokens).
+    result = runner.invoke(app, ["train", "fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "heads"),
+                                 "--sources", "sample-wrong", "--validation-fraction", "0", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    record = DecodingHeads.from_pretrained(tmp_path / "heads").manifest.training
+    assert record["data"]["train_tokens"] == 4 and record["hyperparameters"]["sources"] == ["sample-wrong"]
+    result = runner.invoke(app, ["train", "fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "h2"),
+                                 "--sources", "reference"])
+    assert result.exit_code == 2 and "this cache holds ['sample', 'sample-wrong']" in " ".join(result.output.split())
     result = runner.invoke(app, ["train", "cache", "--data", str(main), "--out", str(tmp_path / "none"),
                                  "--model", str(model_dir), "--sources", "nothing"])
     assert result.exit_code == 2 and "--sources" in result.output

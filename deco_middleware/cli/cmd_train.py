@@ -162,7 +162,9 @@ def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool,
                       easy_token_drop=options.pop("easy_token_drop"),
                       top_p_grad_to_temperature=options.pop("top_p_grad_to_temperature"),
                       soft_top_p_window=window or None)
-    config = TrainConfig(loss=loss, **options)
+    sources = options.pop("sources", None)
+    config = TrainConfig(loss=loss, sources=tuple(x.strip() for x in sources.split(",") if x.strip()) if sources else None,
+                         **options)
     result = fit(cache, config, work_dir=work_dir or cache_dir / "fit", resume=resume)
     commands = {"data": (cache.meta.get("data_summary") or {}).get("command"), "cache": cache.meta.get("command"),
                 "fit": command}
@@ -265,6 +267,8 @@ def fit_command(
     cache: Annotated[Path, typer.Option(help="Cache folder from `deco train cache`.")],
     out: Annotated[Path, typer.Option(help="Heads folder to write (heads.onnx + manifest.json).")],
     work_dir: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: CACHE/fit).")] = None,
+    sources: Annotated[Optional[str], typer.Option(help="Comma-separated record sources to train on (see `deco train "
+                                                        "cache --help`); default: every cached record.")] = None,
     resume: ResumeOpt = True,
     heads: HeadsOpt = "both",
     learning_rate: LrOpt = 1e-3,
@@ -284,7 +288,7 @@ def fit_command(
     """Train the heads on a cache (AdamW, seeded, resumable) and export them."""
     command = _command_line("fit", dict(locals()))
     try:
-        _run_fit(cache, out, work_dir, resume, command, **_fit_options(
+        _run_fit(cache, out, work_dir, resume, command, sources=sources, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
             checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window))
     except (DecoError, ValueError, FileNotFoundError) as error:

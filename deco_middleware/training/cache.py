@@ -250,6 +250,8 @@ def build_cache(
             "records": len(records),
             "records_used": len(encoded),
             "records_skipped_too_long": skipped_long,
+            # Per input record (the index `sequence.npy` refers to): lets `fit --sources` pick a subset.
+            "record_sources": [str(r.get("source", "user")) for r in records],
             "completion_tokens": total_tokens,
             "forwarded_tokens": forwarded,
             "verify": {"max_abs_logit_diff": verify["max_abs_diff"], "max_abs_logit": verify["max_abs_logit"]},

@@ -35,6 +35,8 @@ class TrainConfig:
     epochs: passes over the training tokens; ``max_steps`` caps the total when set.
     validation_fraction: share of *records* held out (split by record so no sequence leaks).
     checkpoint_every: steps between checkpoints (one is also written at the end and on Ctrl-C).
+    sources: train and validate only on records of these sources (``sample``, ``reference``,
+        ``sample-wrong``, ``user``); ``None`` uses every cached record.
     """
 
     learning_rate: float = 1e-3
@@ -47,6 +49,7 @@ class TrainConfig:
     validation_max_tokens: int = 4096
     checkpoint_every: int = 50
     inner_size: int = 256
+    sources: tuple[str, ...] | None = None
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -67,17 +70,37 @@ class TrainingInterrupted(Exception):
     """Raised by ``fit(stop_after=...)``: the run stopped on purpose after a checkpoint."""
 
 
-def split_tokens(cache: FeatureCache, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token indices of the training and validation parts, split by record."""
+def select_records(cache: FeatureCache, sources: tuple[str, ...] | None) -> np.ndarray:
+    """Record indices (as in ``cache.sequence``) whose source is in ``sources`` (all when ``None``)."""
     sequence = np.asarray(cache.sequence)
     records = np.unique(sequence)
+    if sources is None:
+        return records
+    known = cache.meta.get("record_sources")
+    if known is None:
+        raise TrainingDataError(f"The cache at {cache.directory} records no sources (built by an older version); "
+                                "rebuild it with `deco train cache` to use --sources.")
+    wanted = set(sources)
+    chosen = records[np.isin(np.asarray(known, dtype=object)[records], list(wanted))]
+    if len(chosen) == 0:
+        present = sorted(set(known))
+        raise TrainingDataError(f"No cached record has a source in {sorted(wanted)}; this cache holds {present}.")
+    return chosen
+
+
+def split_tokens(cache: FeatureCache, fraction: float, seed: int,
+                 sources: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token indices of the training and validation parts, split by record."""
+    sequence = np.asarray(cache.sequence)
+    records = select_records(cache, sources)
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(records)
     n_val = int(round(len(records) * fraction)) if fraction > 0 and len(records) > 1 else 0
     n_val = min(max(n_val, 1 if fraction > 0 and len(records) > 1 else 0), len(records) - 1)
     val_records = np.sort(shuffled[:n_val])
     is_val = np.isin(sequence, val_records)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    is_train = np.isin(sequence, records) & ~is_val
+    return np.flatnonzero(is_train), np.flatnonzero(is_val)
 
 
 def _batch(cache: FeatureCache, indices: np.ndarray) -> tuple[Any, Any, Any]:
@@ -159,7 +182,7 @@ def fit(
 
     from ..heads.modules import AutoDecoHeads
 
-    train_idx, val_idx = split_tokens(cache, config.validation_fraction, config.seed)
+    train_idx, val_idx = split_tokens(cache, config.validation_fraction, config.seed, config.sources)
     if len(train_idx) == 0:
         raise TrainingDataError(
             f"The cache at {cache.directory} leaves no training tokens after holding out {config.validation_fraction:.0%} "

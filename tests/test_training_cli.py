@@ -78,3 +78,13 @@ def test_cache_combines_files_and_keeps_only_the_listed_sources(tmp_path):
     result = runner.invoke(app, ["train", "cache", "--data", str(main), "--out", str(tmp_path / "none"),
                                  "--model", str(model_dir), "--sources", "nothing"])
     assert result.exit_code == 2 and "--sources" in result.output
+
+
+def test_source_selection_keeps_user_records_and_caps_records_per_prompt():
+    from deco_middleware.cli.cmd_train import _select_sources
+
+    records = [{"prompt": "a", "completion": c, "source": "sample-wrong"} for c in ("x", "y", "z")]
+    records += [{"prompt": "a", "completion": "ok", "source": "sample"}, {"prompt": "b", "completion": "mine"}]
+    kept = _select_sources(records, "sample-wrong", max_per_prompt=2)
+    assert [r["completion"] for r in kept] == ["x", "y", "mine"]
+    assert _select_sources(records, None) == records

@@ -107,17 +107,28 @@ def _load(model: str, dtype: str, threads: Optional[int]) -> Any:
     return load_model(model, dtype=getattr(torch, dtype))
 
 
-def _select_sources(records: list[dict[str, Any]], sources: Optional[str]) -> list[dict[str, Any]]:
-    """Keep the records whose ``source`` is listed; records without one (user data) always stay."""
-    if not sources:
-        return records
-    wanted = {s.strip() for s in sources.split(",") if s.strip()}
-    return [r for r in records if r.get("source") is None or r["source"] in wanted]
+def _select_sources(records: list[dict[str, Any]], sources: Optional[str],
+                    max_per_prompt: Optional[int] = None) -> list[dict[str, Any]]:
+    """Keep the records whose ``source`` is listed (records without one, user data, always stay),
+    and at most ``max_per_prompt`` of each (prompt, source), the first ones in file order."""
+    if sources:
+        wanted = {s.strip() for s in sources.split(",") if s.strip()}
+        records = [r for r in records if r.get("source") is None or r["source"] in wanted]
+    if max_per_prompt:
+        seen: dict[tuple[str, str], int] = {}
+        kept = []
+        for record in records:
+            key = (record["prompt"], str(record.get("source")))
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] <= max_per_prompt:
+                kept.append(record)
+        records = kept
+    return records
 
 
 def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
                loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None,
-               sources: Optional[str] = None) -> Any:
+               sources: Optional[str] = None, max_per_prompt: Optional[int] = None) -> Any:
     from ..training import TrainingDataError, build_cache, read_jsonl
 
     files = [data] if isinstance(data, Path) else list(data)
@@ -125,7 +136,7 @@ def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str
     for file in files:
         records += read_jsonl(file)
     read = len(records)
-    records = _select_sources(records, sources)
+    records = _select_sources(records, sources, max_per_prompt)
     if not records:
         raise TrainingDataError(f"No record of {', '.join(map(str, files))} has a source in {sources!r}; "
                                 "nothing to cache. Check --sources (e.g. sample,reference).")
@@ -134,6 +145,7 @@ def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str
         "source": f"user JSONL {files[0]}", "records": read}
     summary["files"] = [str(f) for f in files]
     summary["sources_kept"] = sources or "all"
+    summary["max_per_prompt"] = max_per_prompt
     summary["records_selected"] = len(records)
     summary["records_by_source"] = {
         key: sum(1 for r in records if r.get("source", "user") == key)
@@ -218,6 +230,8 @@ def cache_command(
                                              "files (e.g. DATA.wrong.jsonl for the wrong-samples variant).")],
     out: Annotated[Path, typer.Option(help="Cache folder to write.")],
     sources: Annotated[Optional[str], typer.Option(help=_SOURCES_HELP)] = None,
+    max_per_prompt: Annotated[Optional[int], typer.Option(min=1, help="Keep at most N records per (prompt, source), "
+                                                                     "the first in file order.")] = None,
     model: ModelOption = "default",
     hidden_dtype: Annotated[str, typer.Option(help=_HIDDEN_HELP)] = "float32",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
@@ -229,7 +243,7 @@ def cache_command(
     command = _command_line("cache", dict(locals()))
     try:
         _run_cache(data, out, model, hidden_dtype, batch_size, max_length, command=command, dtype=dtype,
-                   threads=threads, sources=sources)
+                   threads=threads, sources=sources, max_per_prompt=max_per_prompt)
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 

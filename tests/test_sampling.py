@@ -270,3 +270,12 @@ def test_fast_nucleus_on_bfloat16_scores_matches_the_reference():
     fast, sizes = nucleus_filter(logits, top_p, candidates=(4, 128))
     ref, ref_sizes = nucleus_filter_reference(logits, top_p)
     assert torch.equal(torch.isfinite(fast), torch.isfinite(ref)) and torch.equal(sizes, ref_sizes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_temperature_division_equals_torch_division_bit_for_bit(dtype):
+    scores = torch.randn(5, 3000, dtype=dtype) * 7
+    temperature = torch.tensor([0.3, 0.7, 1.0, 1.9, 1e-9])
+    warped = warp_temperature(scores, temperature)
+    assert warped.dtype == dtype
+    assert torch.equal(warped, scores / temperature.clamp(min=1e-6)[:, None])

@@ -10,6 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("typer")
 
 from conftest import make_tiny_model, make_tiny_tokenizer  # noqa: E402
+import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from deco_middleware import DecodingHeads  # noqa: E402
@@ -85,6 +86,10 @@ def test_source_selection_keeps_user_records_and_caps_records_per_prompt():
 
     records = [{"prompt": "a", "completion": c, "source": "sample-wrong"} for c in ("x", "y", "z")]
     records += [{"prompt": "a", "completion": "ok", "source": "sample"}, {"prompt": "b", "completion": "mine"}]
-    kept = _select_sources(records, "sample-wrong", max_per_prompt=2)
+    kept = _select_sources(records, "sample-wrong", max_per_prompt="2")
     assert [r["completion"] for r in kept] == ["x", "y", "mine"]
+    kept = _select_sources(records, None, max_per_prompt="sample-wrong=1")
+    assert [r["completion"] for r in kept] == ["x", "ok", "mine"]
+    with pytest.raises(typer.BadParameter, match="SOURCE=N"):
+        _select_sources(records, None, max_per_prompt="sample-wrong=one")
     assert _select_sources(records, None) == records

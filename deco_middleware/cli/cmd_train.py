@@ -107,20 +107,37 @@ def _load(model: str, dtype: str, threads: Optional[int]) -> Any:
     return load_model(model, dtype=getattr(torch, dtype))
 
 
+def _parse_caps(text: Optional[str]) -> dict[str, int]:
+    """``"3"`` (every source) or ``"sample-wrong=1,sample=2"`` -> {source or "*": cap}."""
+    caps: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        source, _, number = part.rpartition("=")
+        try:
+            caps[source or "*"] = int(number)
+        except ValueError:
+            raise typer.BadParameter(f"`--max-per-prompt` takes N or SOURCE=N[,SOURCE=N], got {text!r}.") from None
+        if caps[source or "*"] < 1:
+            raise typer.BadParameter(f"`--max-per-prompt` caps must be >= 1, got {text!r}.")
+    return caps
+
+
 def _select_sources(records: list[dict[str, Any]], sources: Optional[str],
-                    max_per_prompt: Optional[int] = None) -> list[dict[str, Any]]:
+                    max_per_prompt: Optional[str] = None) -> list[dict[str, Any]]:
     """Keep the records whose ``source`` is listed (records without one, user data, always stay),
-    and at most ``max_per_prompt`` of each (prompt, source), the first ones in file order."""
+    and at most N of each (prompt, source) as capped by ``max_per_prompt``, the first in file order."""
     if sources:
         wanted = {s.strip() for s in sources.split(",") if s.strip()}
         records = [r for r in records if r.get("source") is None or r["source"] in wanted]
-    if max_per_prompt:
+    caps = _parse_caps(max_per_prompt)
+    if caps:
         seen: dict[tuple[str, str], int] = {}
         kept = []
         for record in records:
-            key = (record["prompt"], str(record.get("source")))
+            source = str(record.get("source"))
+            cap = caps.get(source, caps.get("*"))
+            key = (record["prompt"], source)
             seen[key] = seen.get(key, 0) + 1
-            if seen[key] <= max_per_prompt:
+            if cap is None or seen[key] <= cap:
                 kept.append(record)
         records = kept
     return records
@@ -128,7 +145,7 @@ def _select_sources(records: list[dict[str, Any]], sources: Optional[str],
 
 def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
                loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None,
-               sources: Optional[str] = None, max_per_prompt: Optional[int] = None) -> Any:
+               sources: Optional[str] = None, max_per_prompt: Optional[str] = None) -> Any:
     from ..training import TrainingDataError, build_cache, read_jsonl
 
     files = [data] if isinstance(data, Path) else list(data)
@@ -230,8 +247,9 @@ def cache_command(
                                              "files (e.g. DATA.wrong.jsonl for the wrong-samples variant).")],
     out: Annotated[Path, typer.Option(help="Cache folder to write.")],
     sources: Annotated[Optional[str], typer.Option(help=_SOURCES_HELP)] = None,
-    max_per_prompt: Annotated[Optional[int], typer.Option(min=1, help="Keep at most N records per (prompt, source), "
-                                                                     "the first in file order.")] = None,
+    max_per_prompt: Annotated[Optional[str], typer.Option(help="Keep at most N records per (prompt, source), the "
+                                                              "first in file order: N, or SOURCE=N[,SOURCE=N] "
+                                                              "(e.g. sample-wrong=1).")] = None,
     model: ModelOption = "default",
     hidden_dtype: Annotated[str, typer.Option(help=_HIDDEN_HELP)] = "float32",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,

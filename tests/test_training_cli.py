@@ -69,10 +69,12 @@ def test_cache_combines_files_and_keeps_only_the_listed_sources(tmp_path):
     assert meta["record_sources"] == ["sample", "sample-wrong"]
     # fit --sources trains on a subset of the cached records (here: only the wrong sample's 4 tokens).
     result = runner.invoke(app, ["train", "fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "heads"),
-                                 "--sources", "sample-wrong", "--validation-fraction", "0", "--epochs", "1"])
+                                 "--sources", "sample-wrong", "--validation-fraction", "0", "--epochs", "1",
+                                 "--recipe", "wrong samples only"])
     assert result.exit_code == 0, result.output
     record = DecodingHeads.from_pretrained(tmp_path / "heads").manifest.training
     assert record["data"]["train_tokens"] == 4 and record["hyperparameters"]["sources"] == ["sample-wrong"]
+    assert record["recipe"] == "wrong samples only" and "--recipe" in record["command"]["fit"]
     result = runner.invoke(app, ["train", "fit", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "h2"),
                                  "--sources", "reference"])
     assert result.exit_code == 2 and "this cache holds ['sample', 'sample-wrong']" in " ".join(result.output.split())

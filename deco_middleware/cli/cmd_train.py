@@ -181,7 +181,8 @@ def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str
     return cache
 
 
-def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool, command: str, **options: Any) -> Path:
+def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool, command: str,
+             recipe: Optional[str] = None, **options: Any) -> Path:
     from ..training import FeatureCache, LossConfig, TrainConfig, export_trained_heads, fit
 
     cache = FeatureCache.open(cache_dir)
@@ -198,7 +199,7 @@ def _run_fit(cache_dir: Path, out: Path, work_dir: Optional[Path], resume: bool,
     commands = {"data": (cache.meta.get("data_summary") or {}).get("command"), "cache": cache.meta.get("command"),
                 "fit": command}
     # Every stage's command is recorded, so the whole pipeline can be replayed from the manifest.
-    export_trained_heads(result, cache, config, out, command=commands)
+    export_trained_heads(result, cache, config, out, command=commands, recipe=recipe)
     v0, v1 = result.validation_before, result.validation
     if v1:
         console.print(f"validation loss {v0.get('loss')} -> {v1.get('loss')}; T {v1['temperature_mean']}±"
@@ -301,6 +302,8 @@ def fit_command(
     work_dir: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: CACHE/fit).")] = None,
     sources: Annotated[Optional[str], typer.Option(help="Comma-separated record sources to train on (see `deco train "
                                                         "cache --help`); default: every cached record.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="A name for this recipe, kept in the manifest's training record.")
+                      ] = None,
     resume: ResumeOpt = True,
     heads: HeadsOpt = "both",
     learning_rate: LrOpt = 1e-3,
@@ -320,7 +323,7 @@ def fit_command(
     """Train the heads on a cache (AdamW, seeded, resumable) and export them."""
     command = _command_line("fit", dict(locals()))
     try:
-        _run_fit(cache, out, work_dir, resume, command, sources=sources, **_fit_options(
+        _run_fit(cache, out, work_dir, resume, command, sources=sources, recipe=recipe, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
             checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window))
     except (DecoError, ValueError, FileNotFoundError) as error:

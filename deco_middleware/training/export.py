@@ -12,8 +12,8 @@ from .cache import FeatureCache
 from .trainer import FitResult, TrainConfig
 
 
-def training_record(result: FitResult, cache: FeatureCache, config: TrainConfig, *, command: str | None,
-                    stages: dict[str, Any] | None = None) -> dict[str, Any]:
+def training_record(result: FitResult, cache: FeatureCache, config: TrainConfig, *, command: Any,
+                    stages: dict[str, Any] | None = None, recipe: str | None = None) -> dict[str, Any]:
     """The manifest's ``training`` section: data, hyperparameters, validation, timings, command."""
     meta = cache.meta
     data_summary = meta.get("data_summary") or {}
@@ -28,6 +28,7 @@ def training_record(result: FitResult, cache: FeatureCache, config: TrainConfig,
                                    "tokens_per_second": result.tokens_per_second})
     return {
         "method": "AutoDeco (Wang et al., ICLR 2026): frozen LM, heads trained on the model's own correct samples",
+        "recipe": recipe,
         "data": {
             **data_summary,
             "cache": {k: meta[k] for k in ("records", "records_used", "records_skipped_too_long", "completion_tokens",
@@ -46,7 +47,7 @@ def training_record(result: FitResult, cache: FeatureCache, config: TrainConfig,
 
 def export_trained_heads(result: FitResult, cache: FeatureCache, config: TrainConfig,
                          directory: str | os.PathLike[str], *, command: Any = None,
-                         stages: dict[str, Any] | None = None, description: str = "") -> Path:
+                         stages: dict[str, Any] | None = None, description: str = "", recipe: str | None = None) -> Path:
     """Export ``result.heads`` for the cache's base model into ``directory`` (heads.onnx + manifest.json)."""
     architecture = HeadArchitecture(
         temperature_hidden_size=config.inner_size,
@@ -63,5 +64,5 @@ def export_trained_heads(result: FitResult, cache: FeatureCache, config: TrainCo
         base_model=cache.base_model,
         architecture=architecture,
         description=description,
-        training=training_record(result, cache, config, command=command, stages=stages),
+        training=training_record(result, cache, config, command=command, stages=stages, recipe=recipe),
     )

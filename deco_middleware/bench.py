@@ -17,6 +17,7 @@ on the real last-position hidden states and logits of the benchmark prompts.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import statistics
 import sys
@@ -67,24 +68,38 @@ def _median_us(function: Callable[[], Any], repeats: int) -> float:
 
 def _interleaved(
     plain: Callable[[int], Any], learned: Callable[[int], Any], repeats: int, label: str, progress: Progress | None
-) -> tuple[float, float]:
-    """Median seconds of ``plain`` and ``learned``, alternating which goes first; each gets the repeat index."""
+) -> dict[str, float]:
+    """Median wall and process-CPU seconds of ``plain`` and ``learned``, alternating which goes first.
+
+    Each call gets the repeat index (for seeding). CPU time is reported next to wall time because on
+    a machine shared with other jobs the wall time also counts the time this process waited for a core.
+    """
     plain(0)  # warm-up both paths once
     learned(0)
-    timings: dict[str, list[float]] = {"plain": [], "learned": []}
+    wall: dict[str, list[float]] = {"plain": [], "learned": []}
+    cpu: dict[str, list[float]] = {"plain": [], "learned": []}
     for repeat in range(repeats):
         order = (("plain", plain), ("learned", learned))
         for name, function in order if repeat % 2 == 0 else reversed(order):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             function(repeat)
-            timings[name].append(time.perf_counter() - start)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
         if progress:
             progress(f"{label}: repeat {repeat + 1}/{repeats}")
-    return statistics.median(timings["plain"]), statistics.median(timings["learned"])
+    return {
+        "plain_s": statistics.median(wall["plain"]),
+        "learned_s": statistics.median(wall["learned"]),
+        "plain_cpu_s": statistics.median(cpu["plain"]),
+        "learned_cpu_s": statistics.median(cpu["learned"]),
+        "plain_all_s": wall["plain"],
+        "learned_all_s": wall["learned"],
+    }
 
 
-def _run_row(backend: str, batch: int, new_tokens: int, repeats: int, plain_s: float, learned_s: float) -> dict[str, Any]:
+def _run_row(backend: str, batch: int, new_tokens: int, repeats: int, timing: dict[str, Any]) -> dict[str, Any]:
     tokens = batch * new_tokens
+    plain_s, learned_s = timing["plain_s"], timing["learned_s"]
     return {
         "backend": backend,
         "batch": batch,
@@ -95,6 +110,9 @@ def _run_row(backend: str, batch: int, new_tokens: int, repeats: int, plain_s: f
         "baseline_step_ms": plain_s / new_tokens * 1e3,
         "autodeco_step_ms": learned_s / new_tokens * 1e3,
         "time_ratio": learned_s / plain_s,
+        "cpu_time_ratio": timing["learned_cpu_s"] / timing["plain_cpu_s"] if timing["plain_cpu_s"] > 0 else math.nan,
+        "baseline_wall_s": [round(v, 4) for v in timing["plain_all_s"]],
+        "autodeco_wall_s": [round(v, 4) for v in timing["learned_all_s"]],
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -203,12 +221,12 @@ def bench_torch(
             decoding.generate(model, **inputs, **fixed_length)
 
         with torch.inference_mode():
-            plain_s, learned_s = _interleaved(plain, learned, repeats, f"torch batch {batch}", progress)
+            timing = _interleaved(plain, learned, repeats, f"torch batch {batch}", progress)
             with HiddenStateTap(model) as tap:  # the prompts' last positions: real LM distributions
                 model(**inputs, logits_to_keep=1)
                 hidden, logits = tap.pop()
             costs[str(batch)] = step_cost_us(heads, batch, hidden=hidden, logits=logits)
-        runs.append(_run_row("torch", batch, new_tokens, repeats, plain_s, learned_s))
+        runs.append(_run_row("torch", batch, new_tokens, repeats, timing))
     return runs, costs
 
 
@@ -244,12 +262,12 @@ def bench_ort(
         def learned(repeat: int) -> None:
             learned_generator.generate(prompts, max_new_tokens=new_tokens, seed=repeat, pad_token_id=pad)
 
-        plain_s, learned_s = _interleaved(plain, learned, repeats, f"ort batch {batch}", progress)
+        timing = _interleaved(plain, learned, repeats, f"ort batch {batch}", progress)
         from .ort import left_pad
 
         outputs, _ = lm.prefill(*left_pad(prompts, pad))
         costs[str(batch)] = step_cost_us_numpy(heads, outputs.hidden_states[:, -1, :], outputs.logits[:, -1, :])
-        runs.append(_run_row("ort", batch, new_tokens, repeats, plain_s, learned_s))
+        runs.append(_run_row("ort", batch, new_tokens, repeats, timing))
     return runs, costs
 
 
@@ -279,6 +297,8 @@ def run_bench(
     runs: list[dict[str, Any]] = []
     costs: dict[str, dict[str, dict[str, float]]] = {}
     config: dict[str, Any] = {
+        # The machine's 1/5/15-minute load averages around the run: ratios from a busy machine are noisier.
+        "load_average_start": list(os.getloadavg()),
         "baseline": {"temperature": PLAIN_TEMPERATURE, "top_p": PLAIN_TOP_P},
         "batch_sizes": list(batch_sizes),
         "new_tokens": new_tokens,
@@ -293,6 +313,7 @@ def run_bench(
         backend_runs, costs["ort"] = bench_ort(ort_lm, ort_tokenizer, heads, **common)
         runs += backend_runs
         config["ort_model"] = str(getattr(ort_lm, "directory", ""))
+    config["load_average_end"] = list(os.getloadavg())
     return {"runs": runs, "heads_step_us": costs, "skipped": dict(skipped or {}), "config": config}
 
 
@@ -302,13 +323,14 @@ def _us(value: float) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| backend | batch | plain tok/s | learned tok/s | plain ms/step | learned ms/step | time ratio | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | batch | plain tok/s | learned tok/s | plain ms/step | learned ms/step | time ratio | CPU-time ratio | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         lines.append(
             f"| {run['backend']} | {run['batch']} | {run['baseline_tokens_per_s']:.1f} | {run['autodeco_tokens_per_s']:.1f} "
-            f"| {run['baseline_step_ms']:.1f} | {run['autodeco_step_ms']:.1f} | {run['time_ratio']:.3f} | {run['peak_rss_mb']:.0f} |"
+            f"| {run['baseline_step_ms']:.1f} | {run['autodeco_step_ms']:.1f} | {run['time_ratio']:.3f} "
+            f"| {run['cpu_time_ratio']:.3f} | {run['peak_rss_mb']:.0f} |"
         )
     for backend, by_batch in result["heads_step_us"].items():
         parts = list(next(iter(by_batch.values())))
@@ -316,6 +338,10 @@ def to_markdown(result: dict[str, Any]) -> str:
                   "| batch | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
         for batch, step in by_batch.items():
             lines.append(f"| {batch} | " + " | ".join(_us(step.get(p, math.nan)) for p in parts) + " |")
+    config = result.get("config", {})
+    if "load_average_start" in config:
+        loads = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(config["load_average_start"], config["load_average_end"]))
+        lines += ["", f"Load average (1/5/15 min) at start/end: {loads}."]
     for backend, reason in result.get("skipped", {}).items():
         lines += ["", f"Skipped backend `{backend}`: {reason}"]
     return "\n".join(lines) + "\n"

@@ -19,7 +19,8 @@ def check_runs(result, backend, batches):
     for run in runs:
         assert run["time_ratio"] == pytest.approx(run["baseline_tokens_per_s"] / run["autodeco_tokens_per_s"])
         assert run["autodeco_step_ms"] * run["new_tokens"] == pytest.approx(run["batch"] * run["new_tokens"] / run["autodeco_tokens_per_s"] * 1e3)
-        assert run["peak_rss_mb"] > 0
+        assert run["peak_rss_mb"] > 0 and run["cpu_time_ratio"] > 0
+        assert len(run["baseline_wall_s"]) == len(run["autodeco_wall_s"]) == run["repeats"]
     assert set(result["heads_step_us"][backend]) == {str(b) for b in batches}
 
 

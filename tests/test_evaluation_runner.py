@@ -296,3 +296,23 @@ def test_cache_key_separates_dtypes(tiny_model, tiny_tokenizer):
     half = copy.deepcopy(tiny_model).to(torch.bfloat16)
     assert _runner(tiny_model, tiny_tokenizer)._run_key(decoding) != _runner(half, tiny_tokenizer)._run_key(decoding)
     assert _runner(tiny_model, tiny_tokenizer)._run_key(decoding) == _runner(tiny_model, tiny_tokenizer)._run_key(decoding)
+
+
+def test_oracle_can_search_with_fewer_samples_then_reports_the_full_run(tiny_model, tiny_tokenizer, tmp_path):
+    prompts = PROMPTS[:4]
+    inputs = tiny_tokenizer(prompts, return_tensors="pt", padding=True)
+    greedy = tiny_model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=3)[:, -1]
+    path = tmp_path / "planted.jsonl"
+    path.write_text("".join(
+        json.dumps({"prompt": p, "answer": tiny_tokenizer.decode([int(t)]), "match": "exact"}) + "\n"
+        for p, t in zip(prompts, greedy)
+    ))
+    task = load_task(str(path))
+    runner = _runner(tiny_model, tiny_tokenizer, samples=4, max_new_tokens=1, oracle_temperatures=(1.5, 0.1),
+                     oracle_top_ps=(1.0, 0.5), oracle_samples=1)
+    oracle = runner.run_strategy(task, parse_eval_strategy("oracle"))
+    assert oracle.extra["chosen"]["temperature"] == 0.1 and oracle.extra["searched_with_samples"] == 1
+    assert oracle.samples == 4 and oracle.problems == 4  # the reported run uses every sample
+    assert set(oracle.extra["grid"]) == {"T=1.5,P=1", "T=0.1,P=1", "T=0.1,P=0.5"}
+    with pytest.raises(ValueError, match="`oracle_samples` has to be a positive integer, got 0"):
+        _runner(tiny_model, tiny_tokenizer, oracle_samples=0)

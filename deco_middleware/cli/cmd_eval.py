@@ -70,6 +70,9 @@ def evaluate(
         help="Comma-separated T grid of `oracle` (default 0.1,0.2,...,1.5).")] = None,
     oracle_top_ps: Annotated[Optional[str], typer.Option(
         help="Comma-separated P grid of `oracle` at its best T (default 0.5,0.55,...,1.0).")] = None,
+    oracle_samples: Annotated[Optional[int], typer.Option(
+        min=1, help="Samples per problem while `oracle` searches its grid (default: --samples); with fewer, the "
+        "chosen (T, P) is generated again with --samples and that run is reported.")] = None,
 ) -> None:
     """Compare learned decoding with greedy, static, oracle, mean-static, EDT and min-p baselines.
 
@@ -109,7 +112,7 @@ def evaluate(
         runner = EvaluationRunner(
             loaded_model, tokenizer, heads=loaded_heads, samples=samples, seed=seed, max_new_tokens=max_new_tokens,
             batch_size=batch_size, cache=result_cache, progress=progress, oracle_temperatures=temperature_grid,
-            oracle_top_ps=top_p_grid,
+            oracle_top_ps=top_p_grid, oracle_samples=oracle_samples,
         )
         with progress.display:
             results = runner.evaluate(tasks, strategies)
@@ -172,7 +175,8 @@ def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: 
         "batch_size": runner.batch_size,
         "edt": EDT_DEFAULTS,
         "oracle_grid": {"temperature": list(runner.oracle_temperatures),
-                        "top_p_at_best_temperature": list(runner.oracle_top_ps)},
+                        "top_p_at_best_temperature": list(runner.oracle_top_ps),
+                        "samples_while_searching": runner.oracle_samples},
         "answer_extraction": "text in <answer></answer> if present else the completion; numbers: last number; "
         "text: case-folded, whitespace-collapsed exact match; solved = grade >= 1",
         "generated_tokens": runner.generated_tokens,

@@ -126,6 +126,10 @@ class EvaluationRunner:
         max_new_tokens / batch_size: generation limits.
         cache: a :class:`ResultCache`; finished problems are read from and appended to it.
         progress: a :class:`ProgressHook`.
+        oracle_temperatures / oracle_top_ps: the oracle's grid.
+        oracle_samples: samples per problem while the oracle searches its grid (default: ``samples``).
+            With fewer, the chosen (T, P) is then generated again with ``samples``, and that run is
+            what the oracle reports; the grid's scores are kept in ``extra["grid"]``.
     """
 
     def __init__(
@@ -142,8 +146,11 @@ class EvaluationRunner:
         progress: ProgressHook | None = None,
         oracle_temperatures: Sequence[float] = ORACLE_TEMPERATURES,
         oracle_top_ps: Sequence[float] = ORACLE_TOP_PS,
+        oracle_samples: int | None = None,
     ) -> None:
-        for name, value in (("samples", samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        oracle_samples = samples if oracle_samples is None else oracle_samples
+        for name, value in (("samples", samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
+                            ("oracle_samples", oracle_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` has to be a positive integer, got {value!r}.")
         self.model = model
@@ -157,6 +164,7 @@ class EvaluationRunner:
         self.progress = progress or ProgressHook()
         self.oracle_temperatures = tuple(oracle_temperatures)
         self.oracle_top_ps = tuple(oracle_top_ps)
+        self.oracle_samples = oracle_samples
         self._summaries: dict[tuple[str, str], DecodingSummary] = {}
         self.generated_tokens = 0
         self.generation_seconds = 0.0
@@ -173,13 +181,13 @@ class EvaluationRunner:
         values = json.dumps(identity.lm_head_fingerprint.values)
         return f"{identity.name}:{hashlib.sha256(values.encode()).hexdigest()[:12]}"
 
-    def _run_key(self, decoding: Decoding) -> str:
+    def _run_key(self, decoding: Decoding, samples: int | None = None) -> str:
         parts: dict[str, Any] = {
             "model": self._model_key,
             # The LM-head fingerprint is deliberately robust to bf16/float32, but samples are not.
             "dtype": str(getattr(self.model, "dtype", "")),
             "seed": self.seed,
-            "samples": self._samples_for(decoding),
+            "samples": self._samples_for(decoding, samples),
             "max_new_tokens": self.max_new_tokens,
             # Samples drawn by deco_middleware.engine (shared prefill, finished rows dropped); the
             # earlier generate()-based loop drew the same distributions but other numbers.
@@ -189,19 +197,23 @@ class EvaluationRunner:
             parts["heads"] = self.heads.manifest.onnx.sha256
         return fingerprint(parts)
 
-    def _samples_for(self, decoding: Decoding) -> int:
-        return 1 if decoding.kind == "greedy" else self.samples
+    def _samples_for(self, decoding: Decoding, samples: int | None = None) -> int:
+        return 1 if decoding.kind == "greedy" else (self.samples if samples is None else samples)
 
     # -- one decoding on one task ----------------------------------------------------------------
 
-    def run_decoding(self, task: Task, decoding: Decoding) -> DecodingSummary:
-        """Generate (or read from the cache) every problem of ``task`` with ``decoding``."""
-        memo = (task.spec, decoding.key)
+    def run_decoding(self, task: Task, decoding: Decoding, samples: int | None = None) -> DecodingSummary:
+        """Generate (or read from the cache) every problem of ``task`` with ``decoding``.
+
+        ``samples`` overrides the runner's samples per problem (the oracle's grid search uses it).
+        """
+        samples = self._samples_for(decoding, samples)
+        memo = (task.spec, decoding.key, samples)
         if memo in self._summaries:
             return self._summaries[memo]
         if decoding.learned and self.heads is None:
             raise ValueError(f"Strategy {decoding.key!r} needs trained heads; pass --heads (or `heads=`).")
-        run = self._run_key(decoding)
+        run = self._run_key(decoding, samples)
         records: dict[str, dict[str, Any]] = {}
         todo: list[Problem] = []
         for problem in task.problems:
@@ -210,9 +222,10 @@ class EvaluationRunner:
                 records[problem.id] = cached
             else:
                 todo.append(problem)
-        handle = self.progress.start(f"{task.spec} · {decoding.key}", len(task.problems), len(records))
+        label = decoding.key if samples == self._samples_for(decoding) else f"{decoding.key} x{samples}"
+        handle = self.progress.start(f"{task.spec} · {label}", len(task.problems), len(records))
         tokens_before, seconds_before = self.generated_tokens, self.generation_seconds
-        for record in self._generate_problems(task, decoding, run, todo):
+        for record in self._generate_problems(task, decoding, run, todo, samples):
             self.cache.put(record)
             records[record["problem"]] = record
             self.progress.advance(handle, sum(s["length"] for s in record["samples"]))
@@ -240,11 +253,10 @@ class EvaluationRunner:
         return Learned(self.heads, settings)
 
     def _generate_problems(
-        self, task: Task, decoding: Decoding, run: str, problems: list[Problem]
+        self, task: Task, decoding: Decoding, run: str, problems: list[Problem], samples: int
     ) -> Iterator[dict[str, Any]]:
         from ..engine import EngineStats, iter_sample
 
-        samples = self._samples_for(decoding)
         seeds = [[sample_seed(self.seed, task.spec, problem.id, k) for k in range(samples)] for problem in problems]
         stats = EngineStats()
         started = time.perf_counter()
@@ -291,11 +303,16 @@ class EvaluationRunner:
         raise ValueError(f"Strategy {strategy.name!r} has no decoding.")  # parse_eval_strategy prevents this
 
     def _oracle(self, task: Task) -> DecodingSummary:
-        return select_oracle(
-            lambda temperature, top_p: self.run_decoding(task, Decoding("static", temperature, top_p)),
+        searched = select_oracle(
+            lambda temperature, top_p: self.run_decoding(task, Decoding("static", temperature, top_p), self.oracle_samples),
             self.oracle_temperatures,
             self.oracle_top_ps,
         )
+        if self.oracle_samples == self.samples:
+            return searched
+        chosen = searched.extra["chosen"]
+        final = self.run_decoding(task, Decoding("static", chosen["temperature"], chosen["top_p"]))
+        return _with_extra(final, {**searched.extra, "searched_with_samples": self.oracle_samples})
 
     def _mean_static(self, task: Task) -> DecodingSummary:
         if self.heads is None:

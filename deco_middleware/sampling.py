@@ -440,6 +440,8 @@ def nucleus_filter(
     Rows whose nucleus is larger than the last window sort their probabilities' *values* only (no
     index sort; the cumulative mass of the sorted values is the reference's), then keep by threshold.
     Rows whose mass never reaches ``top_p`` (rounding, NaN) go through the reference itself.
+    For CPU float32/float64 torch tensors, everything after torch's softmax runs in numpy on the
+    same memory; the result is a torch tensor either way.
     """
     ops = ops_for(scores)
     if isinstance(ops, TorchOps) and ops.numpy_view(scores) and ops.numpy_view(top_p):
@@ -460,7 +462,7 @@ def _nucleus_filter_torch_cpu(ops: TorchOps, scores: Any, top_p: Any, candidates
     torch = ops.torch
     if not bool((top_p < 1.0).any()):
         return scores, ops.count_last(scores > -math.inf)
-    probs = torch.softmax(scores, dim=-1).numpy()
+    probs = torch.softmax(scores.detach(), dim=-1).numpy()
     scores_np, top_p_np = scores.detach().numpy(), top_p.detach().numpy()
 
     def reference(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

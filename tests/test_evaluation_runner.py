@@ -206,9 +206,8 @@ def test_oracle_follows_the_two_stage_grid_with_a_planted_best():
         select_oracle(planted, temperatures=())
 
 
-def test_oracle_on_a_tiny_model_picks_the_planted_setting(tiny_model, tiny_tokenizer, tmp_path):
-    # Plant: the right answer is each prompt's greedy token, so the coldest T and a nucleus that keeps
-    # only the argmax are the best setting; hot sampling loses it.
+def _planted_task(tiny_model, tiny_tokenizer, tmp_path):
+    """A task whose answer is each prompt's greedy first token: the coldest setting is the best."""
     prompts = PROMPTS[:4]
     inputs = tiny_tokenizer(prompts, return_tensors="pt", padding=True)
     greedy = tiny_model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=3)[:, -1]
@@ -218,6 +217,13 @@ def test_oracle_on_a_tiny_model_picks_the_planted_setting(tiny_model, tiny_token
         for p, t in zip(prompts, greedy)
     ))
     task = load_task(str(path))
+    return task
+
+
+def test_oracle_on_a_tiny_model_picks_the_planted_setting(tiny_model, tiny_tokenizer, tmp_path):
+    # Plant: the right answer is each prompt's greedy token, so the coldest T and a nucleus that keeps
+    # only the argmax are the best setting; hot sampling loses it.
+    task = _planted_task(tiny_model, tiny_tokenizer, tmp_path)
     runner = _runner(tiny_model, tiny_tokenizer, samples=4, max_new_tokens=1, oracle_temperatures=(1.5, 0.1, 1.0),
                      oracle_top_ps=(1.0, 0.5))
     oracle = runner.run_strategy(task, parse_eval_strategy("oracle"))
@@ -299,15 +305,7 @@ def test_cache_key_separates_dtypes(tiny_model, tiny_tokenizer):
 
 
 def test_oracle_can_search_with_fewer_samples_then_reports_the_full_run(tiny_model, tiny_tokenizer, tmp_path):
-    prompts = PROMPTS[:4]
-    inputs = tiny_tokenizer(prompts, return_tensors="pt", padding=True)
-    greedy = tiny_model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=3)[:, -1]
-    path = tmp_path / "planted.jsonl"
-    path.write_text("".join(
-        json.dumps({"prompt": p, "answer": tiny_tokenizer.decode([int(t)]), "match": "exact"}) + "\n"
-        for p, t in zip(prompts, greedy)
-    ))
-    task = load_task(str(path))
+    task = _planted_task(tiny_model, tiny_tokenizer, tmp_path)
     runner = _runner(tiny_model, tiny_tokenizer, samples=4, max_new_tokens=1, oracle_temperatures=(1.5, 0.1),
                      oracle_top_ps=(1.0, 0.5), oracle_samples=1)
     oracle = runner.run_strategy(task, parse_eval_strategy("oracle"))

@@ -132,13 +132,10 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 
 def _prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    if getattr(tokenizer, "chat_template", None):
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-            for p in prompts
-        ]
-        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    return [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    from .generation import chat_texts
+
+    texts, templated = chat_texts(tokenizer, list(prompts))
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=not templated)["input_ids"]]
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -28,8 +28,11 @@ _EXTRA_FOR_MODULE = {
 
 @lru_cache(maxsize=None)
 def is_available(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it."""
-    return importlib.util.find_spec(module) is not None
+    """Whether ``module`` can be found, without importing it (a dotted name's parent is imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package of a dotted name is missing
+        return False
 
 
 def is_torch_available() -> bool:

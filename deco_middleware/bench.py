@@ -7,8 +7,13 @@ shared machine are noisy; the ratio of interleaved medians much less so.
 
 - ``torch``: Hugging Face ``generate()``; plain is its built-in temperature and top-p warpers,
   learned is :class:`~deco_middleware.hf.LearnedDecoding` (same model object, same prompts).
+- ``optimum``: Optimum's ONNX Runtime model (:class:`~deco_middleware.ort.ORTModelForCausalLMWithHiddenStates`)
+  driven by Hugging Face ``generate()``; plain is again its built-in warpers, learned is
+  :class:`~deco_middleware.hf.LearnedDecoding` attached to the same ONNX Runtime model.
 - ``ort``: the torch-free :class:`~deco_middleware.ort.OnnxGenerator` loop on the ONNX export;
-  plain is the same loop with a static T=0.7 / P=0.9 (the same filter code, without the heads).
+  plain is the same loop with a static T=0.7 / P=0.9 through the same (sort-free) filter code, so
+  this ratio is the heads' own cost on top of an already fast static filter, not a comparison with
+  Hugging Face's warpers (there are none in a torch-free app).
 
 ``heads_step_us`` splits one step's extra cost into its parts, per backend and batch size, measured
 on the real last-position hidden states and logits of the benchmark prompts.
@@ -41,7 +46,7 @@ BENCH_PROMPTS = (
 )
 PLAIN_TEMPERATURE, PLAIN_TOP_P = 0.7, 0.9
 PLAIN_SAMPLING = {"do_sample": True, "temperature": PLAIN_TEMPERATURE, "top_p": PLAIN_TOP_P, "top_k": 0}
-BACKENDS = ("torch", "ort")
+BACKENDS = ("torch", "optimum", "ort")
 
 Progress = Callable[[str], None]
 
@@ -200,8 +205,9 @@ def bench_torch(
     new_tokens: int,
     repeats: int,
     progress: Progress | None = None,
+    backend: str = "torch",
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Runs and per-step costs of the torch backend (Hugging Face ``generate``)."""
+    """Runs and per-step costs of a model driven by Hugging Face ``generate`` (torch or Optimum)."""
     torch = require("torch", purpose="Benchmarking")
     from .generation import chat_inputs
     from .hf import HiddenStateTap, LearnedDecoding
@@ -221,12 +227,12 @@ def bench_torch(
             decoding.generate(model, **inputs, **fixed_length)
 
         with torch.inference_mode():
-            timing = _interleaved(plain, learned, repeats, f"torch batch {batch}", progress)
+            timing = _interleaved(plain, learned, repeats, f"{backend} batch {batch}", progress)
             with HiddenStateTap(model) as tap:  # the prompts' last positions: real LM distributions
-                model(**inputs, logits_to_keep=1)
+                model(**inputs, **({"logits_to_keep": 1} if backend == "torch" else {}))
                 hidden, logits = tap.pop()
             costs[str(batch)] = step_cost_us(heads, batch, hidden=hidden, logits=logits)
-        runs.append(_run_row("torch", batch, new_tokens, repeats, timing))
+        runs.append(_run_row(backend, batch, new_tokens, repeats, timing))
     return runs, costs
 
 
@@ -282,17 +288,20 @@ def run_bench(
     progress: Progress | None = None,
     ort_lm: Any = None,
     ort_tokenizer: Any = None,
+    optimum_model: Any = None,
+    optimum_tokenizer: Any = None,
     skipped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Interleaved plain-vs-learned timings and per-step costs for every backend given.
 
     ``model`` / ``tokenizer``: a transformers causal LM and its tokenizer for the torch backend
     (``None`` skips it). ``ort_lm`` / ``ort_tokenizer``: an ``OnnxCausalLM`` and its
-    ``ChatTokenizer`` for the ORT backend (``None`` skips it). ``skipped`` records why a backend
-    was left out.
+    ``ChatTokenizer`` for the ORT backend (``None`` skips it). ``optimum_model`` /
+    ``optimum_tokenizer``: an ``ORTModelForCausalLMWithHiddenStates`` and its tokenizer for the
+    Optimum backend (``None`` skips it). ``skipped`` records why a backend was left out.
     """
-    if model is None and ort_lm is None:
-        raise ValueError("Nothing to benchmark: pass a torch `model`, an `ort_lm`, or both.")
+    if model is None and ort_lm is None and optimum_model is None:
+        raise ValueError("Nothing to benchmark: pass a torch `model`, an `optimum_model`, an `ort_lm`, or several.")
     common = {"batch_sizes": batch_sizes, "new_tokens": new_tokens, "repeats": repeats, "progress": progress}
     runs: list[dict[str, Any]] = []
     costs: dict[str, dict[str, dict[str, float]]] = {}
@@ -309,6 +318,10 @@ def run_bench(
         backend_runs, costs["torch"] = bench_torch(model, tokenizer, heads, **common)
         runs += backend_runs
         config.update(model_dtype=str(getattr(model, "dtype", "")), torch_threads=torch.get_num_threads())
+    if optimum_model is not None:
+        backend_runs, costs["optimum"] = bench_torch(optimum_model, optimum_tokenizer, heads, backend="optimum", **common)
+        runs += backend_runs
+        config["optimum_model"] = str(getattr(optimum_model, "model_path", getattr(optimum_model, "path", "")))
     if ort_lm is not None:
         backend_runs, costs["ort"] = bench_ort(ort_lm, ort_tokenizer, heads, **common)
         runs += backend_runs

@@ -94,7 +94,33 @@ def test_cli_refuses_an_unknown_backend():
 
     result = typer_testing.CliRunner().invoke(app, ["bench", "--backend", "gpu"])
     assert result.exit_code == 2
-    assert "--backend must be one of torch, ort, all, got 'gpu'" in result.output
+    assert "--backend takes `all` or a comma-separated list of torch, optimum, ort; got 'gpu'" in " ".join(result.output.split())
+
+
+def test_optimum_backend_times_hf_generate_on_the_onnx_runtime_model(ort_pair):
+    """The Optimum backend: Hugging Face's own warpers vs LearnedDecoding on the same ORT model."""
+    pytest.importorskip("optimum.onnxruntime")
+    from deco_middleware.bench import run_bench, to_markdown
+    from deco_middleware.ort import ORTModelForCausalLMWithHiddenStates
+    from deco_middleware.ort.compat import load_tokenizer
+
+    _, _, heads = ort_pair
+    model = ORTModelForCausalLMWithHiddenStates.from_pretrained(ORT_ASSET / "lm")
+    result = run_bench(None, None, heads, batch_sizes=(1, 2), new_tokens=3, repeats=1, optimum_model=model,
+                       optimum_tokenizer=load_tokenizer(ORT_ASSET / "lm"))
+    check_runs(result, "optimum", (1, 2))
+    assert set(result["heads_step_us"]["optimum"]["2"]) >= STEP_PARTS | {"tap", "baseline_warpers"}
+    assert "| optimum | 2 |" in to_markdown(result)
+
+
+def test_optimum_is_skipped_with_a_reason_without_optimum_or_an_export(tmp_path):
+    pytest.importorskip("typer")
+    from deco_middleware._deps import is_available
+    from deco_middleware.cli.cmd_bench import _optimum_unavailable
+
+    reason = _optimum_unavailable(str(tmp_path))
+    expected = "deco export-lm" if is_available("optimum.onnxruntime") else "optimum-onnx is not installed"
+    assert reason is not None and expected in reason
 
 
 def test_ort_is_skipped_with_a_reason_for_a_folder_that_is_not_an_export(tmp_path):

@@ -11,7 +11,7 @@ import typer
 from ..errors import DecoError
 from .app import _fail, app, console, heads_for_model
 
-BACKEND_CHOICES = ("torch", "ort", "all")
+BACKEND_CHOICES = ("torch", "optimum", "ort")
 
 
 def _load_ort(model: str) -> tuple[Any, Any]:
@@ -21,6 +21,15 @@ def _load_ort(model: str) -> tuple[Any, Any]:
     path = resolve_onnx_model(model)
     lm = OnnxCausalLM(path)
     return lm, ChatTokenizer(lm.directory)
+
+
+def _optimum_unavailable(model: str) -> str | None:
+    """Why the Optimum backend cannot run for ``model`` without exporting anything, or ``None``."""
+    from .._deps import is_available
+
+    if not is_available("optimum.onnxruntime"):
+        return "optimum-onnx is not installed (pip install 'deco-middleware[ort]'; it needs transformers < 4.58)"
+    return _ort_unavailable(model)
 
 
 def _ort_unavailable(model: str) -> str | None:
@@ -34,7 +43,7 @@ def _ort_unavailable(model: str) -> str | None:
 
     if model == "default":
         if not (default_onnx_path() / EXPORT_INFO_NAME).is_file():
-            return "the default model has no ONNX export yet; run `deco bench --backend ort` once to create it"
+            return "the default model has no ONNX export yet; run `deco bench --backend optimum` once to create it"
         return None
     if not (Path(model) / ONNX_MODEL_NAME).is_file():
         return f"{model} is not an ONNX export; export it with `deco export-lm {model} OUT`"
@@ -45,7 +54,9 @@ def _ort_unavailable(model: str) -> str | None:
 def bench(
     model: Annotated[str, typer.Option(help="`default` or a local model folder.")] = "default",
     heads: Annotated[str, typer.Option(help="`default`, a shipped name, or a path.")] = "default",
-    backend: Annotated[str, typer.Option(help="torch | ort | all (every available backend).")] = "all",
+    backend: Annotated[
+        str, typer.Option(help="Comma-separated: torch, optimum, ort; or `all` (every available backend).")
+    ] = "all",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16",
     new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     repeats: Annotated[int, typer.Option(min=1)] = 3,
@@ -54,13 +65,16 @@ def bench(
 ) -> None:
     """Time plain sampling (T=0.7, P=0.9) against the learned pair per backend, interleaved; medians and ratios.
 
-    torch: Hugging Face generate() with its built-in warpers vs LearnedDecoding. ort: the torch-free
-    ONNX Runtime loop with a static T/P vs the same loop with the heads.
+    torch: Hugging Face generate() with its built-in warpers vs LearnedDecoding. optimum: the same on
+    Optimum's ONNX Runtime model. ort: the torch-free ONNX Runtime loop with a static T/P vs the same
+    loop with the heads.
     """
     from ..bench import run_bench, to_markdown
 
-    if backend not in BACKEND_CHOICES:
-        _fail(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}.")
+    chosen = list(BACKEND_CHOICES) if backend == "all" else [b.strip() for b in backend.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BACKEND_CHOICES]
+    if unknown or not chosen:
+        _fail(f"--backend takes `all` or a comma-separated list of {', '.join(BACKEND_CHOICES)}; got {backend!r}.")
     try:
         sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
         if not sizes or min(sizes) < 1:
@@ -69,28 +83,35 @@ def bench(
         _fail(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}.")
         return
     skipped: dict[str, str] = {}
-    use_ort = backend == "ort"
-    if backend == "all":
-        reason = _ort_unavailable(model)
-        if reason:
-            skipped["ort"] = reason
-            console.print(f"[yellow]skipping the ort backend:[/] {reason}", highlight=False)
-        use_ort = reason is None
+    if backend == "all":  # skip what cannot run here; a backend asked for by name fails loudly instead
+        for name, check in (("optimum", _optimum_unavailable), ("ort", _ort_unavailable)):
+            reason = check(model)
+            if reason:
+                skipped[name] = reason
+                chosen.remove(name)
+                console.print(f"[yellow]skipping the {name} backend:[/] {reason}", highlight=False)
     try:
-        lm = tokenizer = ort_lm = ort_tokenizer = loaded = None
-        if backend in ("torch", "all"):
+        lm = tokenizer = ort_lm = ort_tokenizer = optimum_model = optimum_tokenizer = loaded = None
+        if "torch" in chosen:
             from ..default_model import load_model
 
             lm, tokenizer = load_model(model)
             loaded = heads_for_model(heads, lm)
-        if use_ort:
+        if "optimum" in chosen:
+            from ..ort import load_model_ort
+
+            optimum_model, optimum_tokenizer = load_model_ort(model)
+            if loaded is None:
+                loaded = heads_for_model(heads, optimum_model)
+        if "ort" in chosen:
             from ..heads.artifact import heads_for_identity
 
             ort_lm, ort_tokenizer = _load_ort(model)
             if loaded is None:
                 loaded = heads_for_identity(heads, ort_lm.identity())
         result = run_bench(lm, tokenizer, loaded, batch_sizes=sizes, new_tokens=new_tokens, repeats=repeats,
-                           ort_lm=ort_lm, ort_tokenizer=ort_tokenizer, skipped=skipped,
+                           ort_lm=ort_lm, ort_tokenizer=ort_tokenizer, optimum_model=optimum_model,
+                           optimum_tokenizer=optimum_tokenizer, skipped=skipped,
                            progress=lambda message: console.print(f"[dim]{message}[/]"))
     except (DecoError, FileNotFoundError) as error:
         _fail(str(error))

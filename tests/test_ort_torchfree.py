@@ -78,3 +78,35 @@ def test_model_without_hidden_state_output_is_refused(tmp_path):
     onnx.save(proto, str(tmp_path / "model.onnx"))
     with pytest.raises(MissingHiddenStateOutputError, match="deco export-lm MODEL OUT"):
         OnnxCausalLM(tmp_path)
+
+
+def _sample_full_vocabulary(scores, greedy_rows, rng):
+    """The sampler over the whole vocabulary (float64 exp + CDF of every entry), the loop's former code."""
+    uniforms = rng.random(scores.shape[0])
+    cdf = np.cumsum(np.exp(scores.astype(np.float64) - np.max(scores, axis=-1, keepdims=True)), axis=-1)
+    drawn = np.array([np.searchsorted(cdf[r], uniforms[r] * cdf[r, -1], side="right") for r in range(len(cdf))])
+    return np.where(greedy_rows, np.argmax(scores, axis=-1), np.minimum(drawn, scores.shape[-1] - 1))
+
+
+def test_nucleus_only_sampler_draws_what_the_full_vocabulary_cdf_draws():
+    """Sampling only the finite (kept) scores must pick the same token as the CDF over the whole row."""
+    from deco_middleware.ort.loop import _sample
+    from deco_middleware.sampling import nucleus_filter
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for trial in range(40):
+        rows, vocab = 6, int(rng.integers(2, 3000))
+        logits = (rng.standard_normal((rows, vocab)) * rng.choice([0.5, 3, 12])).astype(np.float32)
+        logits[0, int(rng.integers(vocab))] += 40  # one token holds almost all mass
+        logits[1] = np.round(logits[1])  # many ties
+        top_p = rng.choice([0.3, 0.9, 1.0], size=rows).astype(np.float32)
+        scores, _ = nucleus_filter(logits, top_p)
+        greedy = rng.random(rows) < 0.2
+        seed = int(rng.integers(1 << 30))
+        fast = _sample(scores, greedy, np.random.default_rng(seed))
+        reference = _sample_full_vocabulary(scores, greedy, np.random.default_rng(seed))
+        np.testing.assert_array_equal(fast, reference)
+        assert np.isfinite(scores[np.arange(rows), fast]).all()  # never a filtered-out token
+        checked += int((~greedy).sum())
+    assert checked > 150

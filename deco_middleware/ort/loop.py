@@ -67,14 +67,21 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.nd
 
 
 def _sample(scores: np.ndarray, greedy_rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row: argmax for greedy rows, else inverse-CDF sampling of softmax(scores)."""
+    """One token per row: argmax for greedy rows, else inverse-CDF sampling of softmax(scores).
+
+    Only each row's finite scores (its nucleus, after the filters) enter the float64 exponentials and
+    the cumulative sum; the -inf entries add exact zeros to the full-vocabulary CDF, so the drawn token
+    is the same as with it, at the cost of the nucleus instead of the vocabulary.
+    """
     uniforms = rng.random(scores.shape[0])  # drawn for every row so each row's stream is fixed by the seed
-    shifted = scores.astype(np.float64) - np.max(scores, axis=-1, keepdims=True)
-    probs = np.exp(shifted)
-    cdf = np.cumsum(probs, axis=-1)
-    drawn = np.array([np.searchsorted(cdf[r], uniforms[r] * cdf[r, -1], side="right") for r in range(len(cdf))])
-    drawn = np.minimum(drawn, scores.shape[-1] - 1)
-    return np.where(greedy_rows, np.argmax(scores, axis=-1), drawn).astype(np.int64)
+    drawn = np.argmax(scores, axis=-1)
+    for row in np.flatnonzero(~np.asarray(greedy_rows, dtype=bool)):
+        kept = np.flatnonzero(scores[row] > -np.inf)
+        values = scores[row, kept].astype(np.float64)
+        cdf = np.cumsum(np.exp(values - values.max()))
+        position = min(int(np.searchsorted(cdf, uniforms[row] * cdf[-1], side="right")), len(kept) - 1)
+        drawn[row] = kept[position]
+    return drawn.astype(np.int64)
 
 
 class OnnxGenerator:

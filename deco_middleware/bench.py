@@ -196,6 +196,58 @@ def step_cost_us_numpy(heads: Any, hidden: np.ndarray, logits: np.ndarray, repea
     }
 
 
+def _timed_processors(processors: Sequence[Any], spent: list[float]) -> Any:
+    """Each of ``processors`` wrapped so that its calls append their wall time to ``spent``.
+
+    (Each processor is wrapped rather than the list, because ``generate()`` copies the items of a
+    custom list into a list of its own.)
+    """
+    transformers = require("transformers", purpose="Benchmarking")
+
+    class Timed(transformers.LogitsProcessor):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            start = time.perf_counter()
+            scores = self.inner(input_ids, scores)
+            spent.append(time.perf_counter() - start)
+            return scores
+
+    return transformers.LogitsProcessorList([Timed(processor) for processor in processors])
+
+
+def _per_step(spent: list[float], per_step: int) -> float:
+    """Median over steps of the summed time of the ``per_step`` consecutive calls of each step."""
+    steps = [sum(spent[i : i + per_step]) for i in range(0, len(spent) - per_step + 1, per_step)]
+    return statistics.median(steps)
+
+
+def in_loop_decoding_us(model: Any, inputs: dict[str, Any], heads: Any, fixed_length: dict[str, Any]) -> dict[str, float]:
+    """Median microseconds per step that the decoding work takes *inside* ``generate()``.
+
+    ``plain_warpers``: Hugging Face's ``TemperatureLogitsWarper(0.7)`` + ``TopPLogitsWarper(0.9)`` (the
+    classes ``do_sample=True, temperature=0.7, top_p=0.9`` builds), passed as a logits processor so they
+    can be timed; ``learned_pair``: the learned temperature processor (heads included) and top-p warper.
+    Whole-run wall times on a small model vary by several percent from run to run; this isolates the
+    part of the step that differs between the two paths.
+    """
+    transformers = require("transformers", purpose="Benchmarking")
+    from .hf import LearnedDecoding
+    from .hf.processors import NEUTRAL_GENERATE_KWARGS
+
+    plain_spent: list[float] = []
+    warpers = [transformers.TemperatureLogitsWarper(PLAIN_TEMPERATURE), transformers.TopPLogitsWarper(PLAIN_TOP_P)]
+    model.generate(**inputs, **fixed_length, **NEUTRAL_GENERATE_KWARGS,
+                   logits_processor=_timed_processors(warpers, plain_spent))
+    learned_spent: list[float] = []
+    with LearnedDecoding(heads).attach(model) as session:
+        pair = list(session.logits_processor)
+        session.logits_processor = _timed_processors(pair, learned_spent)
+        session.generate(**inputs, **fixed_length)
+    return {"plain_warpers": _per_step(plain_spent, len(warpers)) * 1e6, "learned_pair": _per_step(learned_spent, len(pair)) * 1e6}
+
+
 def bench_torch(
     model: Any,
     tokenizer: Any,
@@ -232,7 +284,10 @@ def bench_torch(
                 model(**inputs, **({"logits_to_keep": 1} if backend == "torch" else {}))
                 hidden, logits = tap.pop()
             costs[str(batch)] = step_cost_us(heads, batch, hidden=hidden, logits=logits)
-        runs.append(_run_row(backend, batch, new_tokens, repeats, timing))
+            in_loop = in_loop_decoding_us(model, inputs, heads, fixed_length)
+        row = _run_row(backend, batch, new_tokens, repeats, timing)
+        row["in_loop_us"] = in_loop
+        runs.append(row)
     return runs, costs
 
 
@@ -345,6 +400,13 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {run['baseline_step_ms']:.1f} | {run['autodeco_step_ms']:.1f} | {run['time_ratio']:.3f} "
             f"| {run['cpu_time_ratio']:.3f} | {run['peak_rss_mb']:.0f} |"
         )
+    in_loop = [run for run in result["runs"] if "in_loop_us" in run]
+    if in_loop:
+        lines += ["", "Decoding work per step measured inside `generate()` (median microseconds per step):", "",
+                  "| backend | batch | plain warpers | learned pair | learned - plain |", "|---|---|---|---|---|"]
+        for run in in_loop:
+            plain_us, learned_us = run["in_loop_us"]["plain_warpers"], run["in_loop_us"]["learned_pair"]
+            lines.append(f"| {run['backend']} | {run['batch']} | {_us(plain_us)} | {_us(learned_us)} | {_us(learned_us - plain_us)} |")
     for backend, by_batch in result["heads_step_us"].items():
         parts = list(next(iter(by_batch.values())))
         lines += ["", f"Per-step cost of the learned pair's parts, {backend} backend (median microseconds):", "",

@@ -32,9 +32,25 @@ def test_torch_backend_reports_interleaved_ratios_and_step_parts(tiny_model, tin
     parts = result["heads_step_us"]["torch"]["3"]
     assert set(parts) >= STEP_PARTS | {"tap", "baseline_warpers"}
     assert all(value > 0 for value in parts.values())
+    for run in result["runs"]:
+        assert run["in_loop_us"]["plain_warpers"] > 0 and run["in_loop_us"]["learned_pair"] > 0
     table = to_markdown(result)
-    assert "| torch | 3 |" in table and "torch backend" in table
+    assert "| torch | 3 |" in table and "torch backend" in table and "inside `generate()`" in table
     json.dumps(result)  # the CLI writes it as JSON
+
+
+def test_in_loop_timing_wraps_every_processor_call_of_every_step(tiny_model, tiny_tokenizer, tiny_heads):
+    import transformers
+
+    from deco_middleware.bench import _per_step, _timed_processors
+
+    spent: list[float] = []
+    warpers = [transformers.TemperatureLogitsWarper(0.7), transformers.TopPLogitsWarper(0.9)]
+    inputs = dict(tiny_tokenizer(["w1 w2 w3"], return_tensors="pt"))
+    tiny_model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=True, temperature=1.0, top_p=1.0,
+                        top_k=0, pad_token_id=3, logits_processor=_timed_processors(warpers, spent))
+    assert len(spent) == 4 * 2 and all(value > 0 for value in spent)
+    assert _per_step([1.0, 2.0, 10.0, 20.0, 100.0, 200.0], 2) == 30.0
 
 
 @pytest.fixture(scope="module")

@@ -314,3 +314,13 @@ def test_oracle_can_search_with_fewer_samples_then_reports_the_full_run(tiny_mod
     assert set(oracle.extra["grid"]) == {"T=1.5,P=1", "T=0.1,P=1", "T=0.1,P=0.5"}
     with pytest.raises(ValueError, match="`oracle_samples` has to be a positive integer, got 0"):
         _runner(tiny_model, tiny_tokenizer, oracle_samples=0)
+
+
+def test_cli_batch_size_default_is_the_runner_default():
+    """`deco eval`'s --batch-size default is the one the published throughput was measured at."""
+    import inspect
+
+    from deco_middleware.cli.cmd_eval import evaluate
+    from deco_middleware.evaluation.runner import DEFAULT_BATCH_SIZE
+
+    assert inspect.signature(evaluate).parameters["batch_size"].default == DEFAULT_BATCH_SIZE == 256

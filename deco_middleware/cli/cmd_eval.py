@@ -55,7 +55,7 @@ def evaluate(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Problems per task (rg tasks: default 100).")] = None,
     seed: Annotated[int, typer.Option(help="Run seed; every sample has its own generator derived from it.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows (problem x sample) decoded together (prompts are prefilled once per problem).")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows (problem x sample) decoded together (prompts are prefilled once per problem).")] = 256,
     model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")] = "default",
     heads: Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")] = "default",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results document here.")] = None,

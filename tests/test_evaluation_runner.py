@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -206,24 +207,28 @@ def test_oracle_follows_the_two_stage_grid_with_a_planted_best():
         select_oracle(planted, temperatures=())
 
 
-def _planted_task(tiny_model, tiny_tokenizer, tmp_path):
-    """A task whose answer is each prompt's greedy first token: the coldest setting is the best."""
-    prompts = PROMPTS[:4]
-    inputs = tiny_tokenizer(prompts, return_tensors="pt", padding=True)
+def _planted_task(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """A task whose answer is each prompt's greedy first token: the coldest setting is the best.
+
+    All six prompts: at T=1.5 the tiny model still gives its greedy token with probability 0.12-0.92,
+    so a hot setting solving every problem by chance (a tie that the grid order would break towards
+    it) has probability ~0.001. The task is loaded by a relative name so that the per-sample seeds,
+    derived from the task's name, do not change with pytest's temporary directory.
+    """
+    inputs = tiny_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     greedy = tiny_model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=3)[:, -1]
-    path = tmp_path / "planted.jsonl"
-    path.write_text("".join(
+    monkeypatch.chdir(tmp_path)
+    Path("planted.jsonl").write_text("".join(
         json.dumps({"prompt": p, "answer": tiny_tokenizer.decode([int(t)]), "match": "exact"}) + "\n"
-        for p, t in zip(prompts, greedy)
+        for p, t in zip(PROMPTS, greedy)
     ))
-    task = load_task(str(path))
-    return task
+    return load_task("planted.jsonl")
 
 
-def test_oracle_on_a_tiny_model_picks_the_planted_setting(tiny_model, tiny_tokenizer, tmp_path):
+def test_oracle_on_a_tiny_model_picks_the_planted_setting(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     # Plant: the right answer is each prompt's greedy token, so the coldest T and a nucleus that keeps
     # only the argmax are the best setting; hot sampling loses it.
-    task = _planted_task(tiny_model, tiny_tokenizer, tmp_path)
+    task = _planted_task(tiny_model, tiny_tokenizer, tmp_path, monkeypatch)
     runner = _runner(tiny_model, tiny_tokenizer, samples=4, max_new_tokens=1, oracle_temperatures=(1.5, 0.1, 1.0),
                      oracle_top_ps=(1.0, 0.5))
     oracle = runner.run_strategy(task, parse_eval_strategy("oracle"))
@@ -304,13 +309,14 @@ def test_cache_key_separates_dtypes(tiny_model, tiny_tokenizer):
     assert _runner(tiny_model, tiny_tokenizer)._run_key(decoding) == _runner(tiny_model, tiny_tokenizer)._run_key(decoding)
 
 
-def test_oracle_can_search_with_fewer_samples_then_reports_the_full_run(tiny_model, tiny_tokenizer, tmp_path):
-    task = _planted_task(tiny_model, tiny_tokenizer, tmp_path)
+def test_oracle_can_search_with_fewer_samples_then_reports_the_full_run(tiny_model, tiny_tokenizer, tmp_path,
+                                                                        monkeypatch):
+    task = _planted_task(tiny_model, tiny_tokenizer, tmp_path, monkeypatch)
     runner = _runner(tiny_model, tiny_tokenizer, samples=4, max_new_tokens=1, oracle_temperatures=(1.5, 0.1),
                      oracle_top_ps=(1.0, 0.5), oracle_samples=1)
     oracle = runner.run_strategy(task, parse_eval_strategy("oracle"))
     assert oracle.extra["chosen"]["temperature"] == 0.1 and oracle.extra["searched_with_samples"] == 1
-    assert oracle.samples == 4 and oracle.problems == 4  # the reported run uses every sample
+    assert oracle.samples == 4 and oracle.problems == len(PROMPTS)  # the reported run uses every sample
     assert set(oracle.extra["grid"]) == {"T=1.5,P=1", "T=0.1,P=1", "T=0.1,P=0.5"}
     with pytest.raises(ValueError, match="`oracle_samples` has to be a positive integer, got 0"):
         _runner(tiny_model, tiny_tokenizer, oracle_samples=0)

@@ -8,10 +8,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..bench import BACKENDS as BACKEND_CHOICES
 from ..errors import DecoError
 from .app import _fail, app, console, heads_for_model
-
-BACKEND_CHOICES = ("torch", "optimum", "ort")
 
 
 def _load_ort(model: str) -> tuple[Any, Any]:

@@ -45,3 +45,11 @@ class UnsupportedGenerationModeError(DecoError, RuntimeError):
 
 class ModelProvisioningError(DecoError, RuntimeError):
     """The embedded default model could not be found in the cache nor fetched from the registry."""
+
+
+class CheckpointFormatError(DecoError, ValueError):
+    """A weights file is malformed, truncated, or in a format we refuse to read (pickle)."""
+
+
+class ReferenceCheckpointError(DecoError, ValueError):
+    """A reference (AutoDeco) checkpoint does not fit the base model, or heads cannot be expressed in it."""

@@ -101,6 +101,8 @@ class HeadManifest(_Section):
     description: str = ""
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    # Where heads trained elsewhere came from (`deco import-reference`: format, files, sha256).
+    source: dict[str, Any] | None = None
 
     @classmethod
     def from_json_text(cls, text: str, *, source: str = "<manifest>") -> HeadManifest:
@@ -155,7 +157,10 @@ class HeadManifest(_Section):
         return found
 
     def to_json_text(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+        data = self.model_dump(mode="json")
+        if data.get("source") is None:  # only imported heads have one; older readers would warn on the key
+            data.pop("source", None)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> None:
         atomic_write_bytes(Path(path), self.to_json_text().encode("utf-8"))

@@ -242,6 +242,7 @@ def export_heads(
     description: str = "",
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``heads.onnx`` and its manifest for the given weights into ``directory``."""
     from .graph import OPSET, build_heads_graph
@@ -254,6 +255,7 @@ def export_heads(
         hidden_size=base_model.hidden_size,
         vocab_size=base_model.vocab_size,
         max_temperature=architecture.max_temperature,
+        enhanced_features=architecture.enhanced_features,
     )
     directory = Path(directory)
     onnx_path = directory / ONNX_NAME
@@ -266,6 +268,7 @@ def export_heads(
         description=description,
         training=training,
         evaluation=evaluation,
+        source=source,
     )
     manifest.save(directory / MANIFEST_NAME)
     return directory

@@ -39,9 +39,14 @@ def build_heads_graph(
     hidden_size: int,
     vocab_size: int,
     max_temperature: float = 2.0,
+    enhanced_features: bool = True,
     io: IONames | None = None,
 ):  # -> onnx.ModelProto (onnx is an optional dependency, so it is not named in the signature)
-    """Return a checked ``onnx.ModelProto`` computing both heads from ``weights``."""
+    """Return a checked ``onnx.ModelProto`` computing both heads from ``weights``.
+
+    ``enhanced_features=False`` is the reference's other top-p variant: the head reads only
+    ``concat[h, T]`` (its first layer has ``hidden + 1`` inputs) and no softmax statistics.
+    """
     onnx = require("onnx", purpose="Exporting decoding heads to ONNX")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -51,7 +56,7 @@ def build_heads_graph(
         raise ValueError(f"Missing head weights {missing}; expected exactly {list(WEIGHT_NAMES)}.")
     expected_shapes = {
         "temp_head.mlp.0.weight": (None, hidden_size),
-        "top_p_head.mlp.0.weight": (None, hidden_size + 5),
+        "top_p_head.mlp.0.weight": (None, hidden_size + (5 if enhanced_features else 1)),
     }
     for name, (_, cols) in expected_shapes.items():
         if np.asarray(weights[name]).shape[1] != cols:
@@ -71,12 +76,13 @@ def build_heads_graph(
             const(f"{prefix}.{layer}.wT", np.asarray(weights[f"{prefix}.mlp.{layer}.weight"], np.float32).T)
             const(f"{prefix}.{layer}.b", np.asarray(weights[f"{prefix}.mlp.{layer}.bias"], np.float32))
     const("max_temperature", np.array(max_temperature, np.float32))
-    const("eps", np.array(STATISTICS_EPS, np.float32))
-    const("neg_one", np.array(-1.0, np.float32))
-    const("vocab_minus_one", np.array(vocab_size - 1, np.float32))
-    const("axis_last", np.array([-1], np.int64))
     const("axis_one", np.array([1], np.int64))
-    const("k5", np.array([5], np.int64))
+    if enhanced_features:
+        const("eps", np.array(STATISTICS_EPS, np.float32))
+        const("neg_one", np.array(-1.0, np.float32))
+        const("vocab_minus_one", np.array(vocab_size - 1, np.float32))
+        const("axis_last", np.array([-1], np.int64))
+        const("k5", np.array([5], np.int64))
 
     n = helper.make_node
     nodes = [
@@ -88,24 +94,31 @@ def build_heads_graph(
         n("Add", ["t_mm1", "temp_head.2.b"], ["t_lin1"]),
         n("Sigmoid", ["t_lin1"], ["t_sig"]),
         n("Mul", ["t_sig", "max_temperature"], ["t_col"]),  # [batch, 1]
-        # Statistics of softmax(logits / (T + eps)) over the whole vocabulary.
-        n("Add", ["t_col", "eps"], ["t_safe"]),
-        n("Div", [io.logits, "t_safe"], ["scaled"]),
-        n("Softmax", ["scaled"], ["probs"], axis=-1),
-        n("ReduceMax", ["probs", "axis_last"], ["max_prob"], keepdims=1),
-        n("Add", ["probs", "eps"], ["probs_eps"]),
-        n("Log", ["probs_eps"], ["log_probs"]),
-        n("Mul", ["probs", "log_probs"], ["plogp"]),
-        n("ReduceSum", ["plogp", "axis_last"], ["neg_entropy"], keepdims=1),
-        n("Mul", ["neg_entropy", "neg_one"], ["entropy"]),
-        n("ReduceMean", ["probs", "axis_last"], ["mean_prob"], keepdims=1),
-        n("Sub", ["probs", "mean_prob"], ["centered"]),
-        n("Mul", ["centered", "centered"], ["squared"]),
-        n("ReduceSum", ["squared", "axis_last"], ["sum_squared"], keepdims=1),
-        n("Div", ["sum_squared", "vocab_minus_one"], ["prob_var"]),  # unbiased, as torch.var
-        n("TopK", ["probs", "k5"], ["top5_values", "top5_indices"], axis=-1, largest=1, sorted=1),
-        n("ReduceSum", ["top5_values", "axis_last"], ["top5_sum"], keepdims=1),
-        n("Concat", [io.hidden_states, "t_col", "max_prob", "entropy", "prob_var", "top5_sum"], ["features"], axis=1),
+    ]
+    if enhanced_features:
+        nodes += [
+            # Statistics of softmax(logits / (T + eps)) over the whole vocabulary.
+            n("Add", ["t_col", "eps"], ["t_safe"]),
+            n("Div", [io.logits, "t_safe"], ["scaled"]),
+            n("Softmax", ["scaled"], ["probs"], axis=-1),
+            n("ReduceMax", ["probs", "axis_last"], ["max_prob"], keepdims=1),
+            n("Add", ["probs", "eps"], ["probs_eps"]),
+            n("Log", ["probs_eps"], ["log_probs"]),
+            n("Mul", ["probs", "log_probs"], ["plogp"]),
+            n("ReduceSum", ["plogp", "axis_last"], ["neg_entropy"], keepdims=1),
+            n("Mul", ["neg_entropy", "neg_one"], ["entropy"]),
+            n("ReduceMean", ["probs", "axis_last"], ["mean_prob"], keepdims=1),
+            n("Sub", ["probs", "mean_prob"], ["centered"]),
+            n("Mul", ["centered", "centered"], ["squared"]),
+            n("ReduceSum", ["squared", "axis_last"], ["sum_squared"], keepdims=1),
+            n("Div", ["sum_squared", "vocab_minus_one"], ["prob_var"]),  # unbiased, as torch.var
+            n("TopK", ["probs", "k5"], ["top5_values", "top5_indices"], axis=-1, largest=1, sorted=1),
+            n("ReduceSum", ["top5_values", "axis_last"], ["top5_sum"], keepdims=1),
+            n("Concat", [io.hidden_states, "t_col", "max_prob", "entropy", "prob_var", "top5_sum"], ["features"], axis=1),
+        ]
+    else:
+        nodes.append(n("Concat", [io.hidden_states, "t_col"], ["features"], axis=1))
+    nodes += [
         # Top-p head: Linear -> ReLU -> Linear -> Sigmoid.
         n("MatMul", ["features", "top_p_head.0.wT"], ["p_mm0"]),
         n("Add", ["p_mm0", "top_p_head.0.b"], ["p_lin0"]),

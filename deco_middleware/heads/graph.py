@@ -76,12 +76,14 @@ def build_heads_graph(
             const(f"{prefix}.{layer}.wT", np.asarray(weights[f"{prefix}.mlp.{layer}.weight"], np.float32).T)
             const(f"{prefix}.{layer}.b", np.asarray(weights[f"{prefix}.mlp.{layer}.bias"], np.float32))
     const("max_temperature", np.array(max_temperature, np.float32))
-    const("axis_one", np.array([1], np.int64))
+    # Only the enhanced top-p head reads the statistics' constants (order kept: same bytes as before).
     if enhanced_features:
         const("eps", np.array(STATISTICS_EPS, np.float32))
         const("neg_one", np.array(-1.0, np.float32))
         const("vocab_minus_one", np.array(vocab_size - 1, np.float32))
         const("axis_last", np.array([-1], np.int64))
+    const("axis_one", np.array([1], np.int64))
+    if enhanced_features:
         const("k5", np.array([5], np.int64))
 
     n = helper.make_node

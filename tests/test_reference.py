@@ -374,6 +374,11 @@ def test_pickle_checkpoints_are_refused_without_unpickling(base, tmp_path):
     with pytest.raises(CheckpointFormatError, match=r"model\.safetensors is a zip archive \(torch\.save\), not safetensors"):
         import_reference(checkpoint, tmp_path / "out", model=str(base))
     assert folder_is_clean(tmp_path, "out") and not Path("pwned").exists()
+    # Trainer folders keep a pickled training_args.bin next to the safetensors: it is never opened.
+    (checkpoint / "model.safetensors").unlink()
+    safetensors_torch.save_file(reference_heads(HIDDEN).state_dict(), str(checkpoint / "model.safetensors"))
+    (checkpoint / "training_args.bin").write_bytes((checkpoint / "pytorch_model.bin").read_bytes())
+    assert import_reference(checkpoint, tmp_path / "out", model=str(base)).layout == "heads-only"
 
 
 @pytest.mark.parametrize("cut", ["data", "header", "length"])

@@ -348,7 +348,7 @@ def import_reference(
         "repository": REFERENCE_REPOSITORY,
         "layout": layout,
         "dtype": dtype,
-        "checkpoint": str(folder),
+        "checkpoint": folder.resolve().name,  # the folder's name only: a manifest travels to other machines
         "files": [{"file": p.name, "sha256": sha256_file(p)} for p in files],
         "config": {key: config.get(key) for key in ("base_model_type", "base_model_name_or_path",
                                                    *(k for k in _FLAG_KEYS_FLAT if k in config),

@@ -406,6 +406,10 @@ def test_oversized_or_malformed_headers_are_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
     with pytest.raises(CheckpointFormatError, match=r"duplicate key 'a'"):
         SafetensorsFile(path)
+    header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CheckpointFormatError, match=r"malformed safetensors header \(RecursionError"):
+        SafetensorsFile(path)
     header = b'{"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}'
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
     with pytest.raises(CheckpointFormatError, match=r"dtype 'I64'"):
@@ -414,6 +418,37 @@ def test_oversized_or_malformed_headers_are_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
     with pytest.raises(CheckpointFormatError, match=r"8 bytes after its last tensor"):
         SafetensorsFile(path)
+
+
+def test_mutated_safetensors_fail_only_with_our_error(tmp_path):
+    """300 seeded mutations of a valid file: each one loads or raises CheckpointFormatError, nothing else."""
+    tensors = {"temp_head.mlp.0.weight": torch.randn(4, 3).bfloat16(), "top_p_head.mlp.2.bias": torch.randn(1)}
+    source = tmp_path / "good.safetensors"
+    safetensors_torch.save_file(tensors, str(source))
+    original = source.read_bytes()
+    header_end = 8 + struct.unpack("<Q", original[:8])[0]
+    rng = np.random.default_rng(0)
+    outcomes = {"loaded": 0, "refused": 0}
+    for trial in range(300):
+        data = bytearray(original)
+        kind = trial % 3
+        if kind == 0:  # flip bytes, mostly in the header where the structure lives
+            for position in rng.integers(0, header_end, size=int(rng.integers(1, 4))):
+                data[position] = int(rng.integers(0, 256))
+        elif kind == 1:  # truncate anywhere
+            data = data[: int(rng.integers(0, len(data)))]
+        else:  # grow or shrink the declared header length
+            data[:8] = struct.pack("<Q", max(0, header_end - 8 + int(rng.integers(-40, 40))))
+        path = tmp_path / f"m{trial}.safetensors"
+        path.write_bytes(bytes(data))
+        try:
+            weights = SafetensorsFile(path)
+            for name in weights.keys():
+                weights.read(name)
+            outcomes["loaded"] += 1
+        except CheckpointFormatError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 200 and sum(outcomes.values()) == 300
 
 
 def test_existing_output_is_kept_unless_overwrite(base, tmp_path):

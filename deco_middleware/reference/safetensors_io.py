@@ -10,6 +10,7 @@ tensor), ranges must tile the data section exactly, and duplicate JSON keys are 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -82,8 +83,8 @@ class SafetensorsFile:
             raw = handle.read(header_size)
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, ValueError) as error:
-            raise CheckpointFormatError(f"{self.path} has a malformed safetensors header ({error}).") from error
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:  # deep nesting: RecursionError
+            raise CheckpointFormatError(f"{self.path} has a malformed safetensors header ({type(error).__name__}: {error}).") from error
         if not isinstance(header, dict):
             raise CheckpointFormatError(f"{self.path}: the safetensors header must be a JSON object.")
         metadata = header.pop("__metadata__", None) or {}
@@ -128,7 +129,7 @@ class SafetensorsFile:
         ):
             raise CheckpointFormatError(f"{self.path}: tensor `{name}` has invalid data_offsets {offsets!r}.")
         begin, end = offsets
-        expected = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
+        expected = math.prod(shape) * _ITEMSIZE[dtype]  # Python ints: a hostile shape cannot overflow
         if end - begin != expected:
             raise CheckpointFormatError(
                 f"{self.path}: tensor `{name}` ({dtype} {shape}) spans {end - begin} bytes, expected {expected}."

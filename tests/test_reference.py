@@ -275,6 +275,26 @@ def test_export_refuses_heads_the_reference_cannot_express(base, tmp_path):
     assert folder_is_clean(tmp_path, "out")
 
 
+def test_export_refuses_a_graph_that_is_not_the_reference_architecture(base, tmp_path):
+    import onnx
+
+    from deco_middleware.manifest import sha256_file
+
+    identity = local_base_model(str(base)).identity
+    heads_dir = tmp_path / "heads"
+    export_heads({k: v.numpy() for k, v in reference_heads(HIDDEN).state_dict().items()}, heads_dir, base_model=identity)
+    graph = onnx.load(str(heads_dir / "heads.onnx"))
+    relu = next(node for node in graph.graph.node if node.op_type == "Relu")
+    relu.op_type = "LeakyRelu"  # same weights, same IO: only the computation differs
+    onnx.save(graph, str(heads_dir / "heads.onnx"))
+    manifest = json.loads((heads_dir / "manifest.json").read_text())
+    manifest["onnx"]["sha256"] = sha256_file(heads_dir / "heads.onnx")
+    (heads_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ReferenceCheckpointError, match=r"computes something other than the reference heads"):
+        export_reference(heads_dir, tmp_path / "out", model=str(base))
+    assert folder_is_clean(tmp_path, "out")
+
+
 def test_export_refuses_another_base_model(base, tmp_path):
     identity = local_base_model(str(base)).identity
     export_heads({k: v.numpy() for k, v in reference_heads(HIDDEN).state_dict().items()}, tmp_path / "heads",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,20 +121,21 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} exists and is not a folder; choose another --out.")
 
 
+def _unique_sibling(out: Path, suffix: str) -> Path:
+    return out.parent / f".{out.name}.{secrets.token_hex(6)}.{suffix}"
+
+
 @contextlib.contextmanager
 def _staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary sibling folder that replaces ``out`` on success and vanishes on any error."""
     _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    staging = _unique_sibling(out, "tmp")
+    staging.mkdir()  # plain mkdir: the usual mode under the umask (mkdtemp would make it 0700)
     try:
         yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a heads folder is shared like any other
         if out.exists():
-            retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            retired.rmdir()
+            retired = _unique_sibling(out, "old")
             os.replace(out, retired)
             os.replace(staging, out)
             shutil.rmtree(retired, ignore_errors=True)

@@ -526,6 +526,20 @@ def test_cli_round_trip_and_errors(base, tmp_path):
     assert "already exists" in result.stderr and result.stdout == ""
 
 
+def test_cli_prints_config_warnings_on_stderr_and_keeps_json_pure(base, tmp_path):
+    from typer.testing import CliRunner
+
+    from deco_middleware.cli.app import app
+
+    checkpoint = write_checkpoint(tmp_path / "ckpt", reference_heads(HIDDEN), base,
+                                  config_changes={"temperature_head_layers": 3})
+    result = CliRunner().invoke(app, ["import-reference", str(checkpoint), "--model", str(base), "--out",
+                                      str(tmp_path / "heads"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["unknown_keys"] == ["temperature_head_layers"]
+    assert "warning:" in result.stderr and "temperature_head_layers" in result.stderr
+
+
 # -- the real default model ---------------------------------------------------------------------------
 
 

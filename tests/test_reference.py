@@ -338,6 +338,8 @@ BAD_CHECKPOINTS = {
                         r"`enable_top_p_head` must be true or false, got 'yes'"),
     "features flag vs weights": (dict(config_changes={"use_enhanced_features": False}), ReferenceCheckpointError,
                                  r"fits use_enhanced_features=True, but the config says False"),
+    "scalar weight": (dict(tensor_changes=_add("temp_head.mlp.0.weight", torch.tensor(1.0))), ReferenceCheckpointError,
+                      r"`temp_head\.mlp\.0\.weight` has shape \[\], expected \[256, 32\]"),
     "nan weights": (dict(tensor_changes=_add("temp_head.mlp.2.bias", torch.tensor([float("nan")]))),
                     ReferenceCheckpointError, r"temp_head\.mlp\.2\.bias hold NaN"),
 }

@@ -257,12 +257,16 @@ def _read_head_weights(located: dict[str, SafetensorsFile], folder: Path, base: 
             "`merge_autodeco.py split`."
         )
     shapes = {k: located[k].shape(k) for k in WEIGHT_NAMES}
-    inner_t, inner_p = shapes["temp_head.mlp.0.weight"][0], shapes["top_p_head.mlp.0.weight"][0]
+    # The MLP widths come from the first layers (the reference's are 256); a 0-d tensor fails below.
+    inner_t, inner_p = (shapes[k][0] if shapes[k] else REFERENCE_INNER_SIZE
+                        for k in ("temp_head.mlp.0.weight", "top_p_head.mlp.0.weight"))
     expected = _expected_shapes(hidden, inner_t, inner_p, hidden + (5 if enhanced else 1))
     for key in WEIGHT_NAMES:
         if tuple(shapes[key]) != expected[key]:
             hint = ""
-            if key == "top_p_head.mlp.0.weight" and shapes[key][-1] == hidden + (1 if enhanced else 5):
+            if len(shapes[key]) != 2:
+                pass
+            elif key == "top_p_head.mlp.0.weight" and shapes[key][-1] == hidden + (1 if enhanced else 5):
                 hint = (f" Its width fits use_enhanced_features={not enhanced}, but the config says {enhanced}: fix "
                         "`use_enhanced_features` in config.json.")
             elif key.endswith("mlp.0.weight"):

@@ -372,6 +372,28 @@ def test_merged_checkpoint_of_another_base_model_fails(base, tmp_path):
     assert folder_is_clean(tmp_path, "out")
 
 
+def test_a_missing_shard_of_a_merged_checkpoint_fails(base, tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "ckpt", reference_heads(HIDDEN), base, layout="merged")
+    (checkpoint / "model-00001-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointFormatError, match=r"lists shard model-00001-of-00002\.safetensors, which is missing"):
+        import_reference(checkpoint, tmp_path / "out", model=str(base))
+    assert folder_is_clean(tmp_path, "out")
+
+
+def test_one_safetensors_file_can_be_named_directly(base, tmp_path):
+    reference = reference_heads(HIDDEN, seed=4)
+    checkpoint = write_checkpoint(tmp_path / "ckpt", reference, base)
+    (checkpoint / "model.safetensors").rename(checkpoint / "autodeco_heads.safetensors")  # the README's name
+    heads = DecodingHeads.from_pretrained(
+        import_reference(checkpoint / "autodeco_heads.safetensors", tmp_path / "out", model=str(base)).directory)
+    h, logits = sample_inputs()
+    with torch.no_grad():
+        t_ref, p_ref = reference(h, logits)
+    t, p = heads.run(h.numpy(), logits.numpy())
+    np.testing.assert_allclose(t, t_ref.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(p, p_ref.numpy(), atol=1e-5, rtol=0)
+
+
 def test_newer_reference_config_warns_on_unknown_keys_and_imports(base, tmp_path):
     checkpoint = write_checkpoint(tmp_path / "ckpt", reference_heads(HIDDEN), base,
                                   config_changes={"temperature_head_layers": 3, "autodeco_version": "2.0"})

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DecoError
+from ..errors import ExportValidationError
 from ..fingerprint import METHOD, lm_head_fingerprint, row_indices
 from ..manifest import BaseModelIdentity, LMHeadFingerprint, atomic_write_bytes
 from .graph import EXPORT_INFO_NAME, HIDDEN_STATE_OUTPUT, ONNX_DATA_NAME, ONNX_MODEL_NAME, add_hidden_state_output
@@ -31,9 +31,6 @@ EXPORT_FORMAT_VERSION = 1
 # fp32 export vs the fp32 torch model: differences are float rounding (~1e-5 on the default model).
 DEFAULT_ATOL = 1e-3
 
-
-class ExportValidationError(DecoError, ValueError):
-    """The exported ONNX LM does not reproduce the torch model within the tolerance."""
 
 
 @dataclass

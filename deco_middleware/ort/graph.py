@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DecoError
+from ..errors import MissingHiddenStateOutputError, UnsupportedGraphError
 
 HIDDEN_STATE_OUTPUT = "last_hidden_state"
 LOGITS_OUTPUT = "logits"
@@ -29,12 +29,6 @@ EXPORT_INFO_NAME = "deco_export.json"
 _ELEMENTWISE = {"Cast", "Mul", "Div", "Tanh", "Add", "Identity"}
 
 
-class MissingHiddenStateOutputError(DecoError, ValueError):
-    """An ONNX causal LM lacks the ``last_hidden_state`` output that learned decoding reads."""
-
-
-class UnsupportedGraphError(DecoError, ValueError):
-    """The exported graph does not have the LM-head structure this module knows how to read."""
 
 
 def missing_hidden_state_message(where: str | os.PathLike[str], outputs: list[str]) -> str:

@@ -12,8 +12,9 @@ import numpy as np
 
 from .._io import read_bytes_within, sha256_bytes
 from ..errors import HeadsNotFoundError, IncompatibleHeadsError, IntegrityError
+from ..fingerprint import LEGACY_METHODS, fingerprint_distance, fingerprints_match
 from ..fingerprint import METHOD as FINGERPRINT_METHOD
-from ..fingerprint import fingerprints_match
+from ..fingerprint import RTOL as FINGERPRINT_RTOL
 from ..manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -275,10 +276,21 @@ class DecodingHeads:
             problems.append(f"hidden size {identity.hidden_size} vs {base.hidden_size}")
         if identity.vocab_size != base.vocab_size:
             problems.append(f"vocab size {identity.vocab_size} vs {base.vocab_size}")
-        if not problems:
-            ours, theirs = base.lm_head_fingerprint, identity.lm_head_fingerprint
-            if ours.method != theirs.method or not fingerprints_match(ours.values, theirs.values):
-                problems.append("LM-head weight fingerprint differs (a different model or a fine-tune)")
+        ours, theirs = base.lm_head_fingerprint, identity.lm_head_fingerprint
+        if not problems and ours.method in LEGACY_METHODS:
+            raise IncompatibleHeadsError(
+                f"These heads ({self.directory}) pin their base model with the retired fingerprint `{ours.method}`, "
+                "which reads only 16 rows of the LM head. Re-stamp the manifest (it checks the old fingerprint "
+                f"first): python -m deco_middleware.heads.restamp {self.directory} --model MODEL"
+            )
+        if not problems and ours.method != theirs.method:
+            problems.append(f"LM-head fingerprint method `{theirs.method}` vs `{ours.method}`")
+        elif not problems and not fingerprints_match(ours, theirs):
+            distance = fingerprint_distance(ours.values, theirs.values)
+            problems.append(
+                f"LM-head weight fingerprint differs by {distance:.2g} (relative, over the whole matrix; the "
+                f"tolerance is {FINGERPRINT_RTOL:g}): a different model or a fine-tune"
+            )
         if problems:
             raise IncompatibleHeadsError(
                 f"These heads ({self.directory}) were trained for `{base.name}` ({base.architecture}), and do not "
@@ -321,7 +333,7 @@ def heads_for_identity(heads: str | os.PathLike[str] | DecodingHeads, identity: 
     for name in list_shipped_heads():
         base = HeadManifest.load(shipped_heads_dir() / name / MANIFEST_NAME).base_model
         if (base.hidden_size, base.vocab_size) == (identity.hidden_size, identity.vocab_size) and fingerprints_match(
-            base.lm_head_fingerprint.values, identity.lm_head_fingerprint.values
+            base.lm_head_fingerprint, identity.lm_head_fingerprint
         ):
             return DecodingHeads.from_pretrained(name)
     raise HeadsNotFoundError(
@@ -344,8 +356,13 @@ def export_heads(
     from .graph import OPSET, build_heads_graph
 
     architecture = architecture or HeadArchitecture()
-    if base_model.lm_head_fingerprint.method != FINGERPRINT_METHOD:
-        raise ValueError(f"Unknown fingerprint method {base_model.lm_head_fingerprint.method!r}.")
+    # A retired method is written as it is (a feature cache built by an older version records one);
+    # such heads load, and attaching them asks for a re-stamp. An unknown method is refused here.
+    if base_model.lm_head_fingerprint.method not in (FINGERPRINT_METHOD, *LEGACY_METHODS):
+        raise ValueError(
+            f"Unknown fingerprint method {base_model.lm_head_fingerprint.method!r}; this version writes "
+            f"{FINGERPRINT_METHOD!r}. Compute the identity with deco_middleware.hf.model_identity."
+        )
     model = build_heads_graph(
         weights,
         hidden_size=base_model.hidden_size,

@@ -162,7 +162,7 @@ class DecodingHeads:
                 "the file is truncated, tampered with or replaced. Re-download or re-export the heads."
             )
         try:
-            external = external_tensor_names(data)
+            external = sorted(external_tensor_names(data))
         except MalformedOnnxError as error:
             raise IntegrityError(f"{self.onnx_path} is not a valid ONNX file ({error}). Re-export the heads.") from error
         if external:

@@ -121,7 +121,10 @@ class DecodingHeads:
             session_options.inter_op_num_threads = 1
         try:
             # From the verified bytes, not the path: the file cannot be swapped between the hash and the load.
-            self.session = onnxruntime.InferenceSession(data, sess_options=session_options, providers=providers)
+            # enable_fallback=0: on failure ORT would otherwise print a banner on stdout and retry.
+            self.session = onnxruntime.InferenceSession(
+                data, sess_options=session_options, providers=providers, enable_fallback=0
+            )
         except Exception as error:  # ORT raises its own exception types; wrap them with context
             raise IntegrityError(
                 f"ONNX Runtime could not load {self.onnx_path}: {_first_line(error)}. Re-export the heads."

@@ -52,6 +52,10 @@ def main() -> None:
         "rows 0-999 shuffled": fingerprint_from_matrix(np.concatenate([weight[:1000][rng.permutation(1000)], weight[1000:]])),
         "another model (rows permuted)": fingerprint_from_matrix(weight[rng.permutation(weight.shape[0])]),
     }
+    # SmolLM2's weights (dequantized from GGUF) sit on the bf16 grid; a float32 matrix that does not:
+    off_grid = weight + rng.normal(0, 1e-3 * rms, weight.shape).astype(np.float32)
+    off_base = fingerprint_from_matrix(off_grid)
+    off_grid_distance = fingerprint_distance(off_base, fingerprint_from_matrix(off_grid.astype(np.float16)))
     # A real (tiny) fine-tune: AdamW at lr 1e-5 on one sentence, the whole model (the LM head is tied to the
     # input embeddings in SmolLM2), measured after 1 and 10 steps.
     from deco_middleware.default_model import load_model as _load
@@ -73,6 +77,7 @@ def main() -> None:
         "identity_seconds_bfloat16": round(seconds_bf16, 4),
         "identity_seconds_cached": round(seconds_cached, 6),
         "distance": {name: float(f"{fingerprint_distance(base, values):.3g}") for name, values in changed.items()},
+        "distance_float16_copy_of_off_grid_float32": float(f"{off_grid_distance:.3g}"),
         "accepted": {name: fingerprint_distance(base, values) <= RTOL for name, values in changed.items()},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

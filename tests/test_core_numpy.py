@@ -77,14 +77,14 @@ def test_missing_cli_extra_gives_a_one_line_hint():
 
 
 def test_fingerprint_covers_the_whole_lm_head_without_torch():
-    # lm-head-sketch-v2 reads every row: a 1.1% scale and a change to one row outside the 16 rows the
-    # retired method read are both refused; a float32 -> bfloat16 -> float32 round trip is not.
+    # lm-head-sketch-v2: a 1.1% scale and a change to a single row are refused; a float32 -> bfloat16 ->
+    # float32 round trip (what a bf16 copy of the model holds) is accepted.
     heads = DecodingHeads.from_pretrained(ASSET)
     lm_head = np.array(EXPECTED["lm_head"], dtype=np.float32)
     with pytest.raises(IncompatibleHeadsError, match="fingerprint differs by 0.011 .*tolerance is 0.002"):
         heads.check_compatible(identity(lm_head * np.float32(1.011)))
     changed = lm_head.copy()
-    changed[5] *= 1.5  # row 5 of 16: the retired method read rows 0, 1, 2, ... (all 16); the sketch sees any row
+    changed[5] *= 1.5
     with pytest.raises(IncompatibleHeadsError, match="fingerprint differs"):
         heads.check_compatible(identity(changed))
     bits = lm_head.view(np.uint32)

@@ -112,7 +112,7 @@ def lm_head_weight(onnx_path: str | os.PathLike[str]) -> np.ndarray:
     """The exported LM-head weight as a ``[vocab, hidden]`` array, without loading the rest of the model.
 
     Weights in an external-data file are memory-mapped copy-on-write: nothing is read until rows are
-    indexed (the fingerprint reads 16 rows), and the array is writable so torch can wrap it
+    indexed (the fingerprint reads the matrix in chunks of rows), and the array is writable so torch can wrap it
     without a warning, while the file itself is never modified.
     """
     onnx = _onnx()

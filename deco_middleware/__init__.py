@@ -12,6 +12,7 @@ from typing import Any
 from ._version import __version__
 from .errors import (
     DecoError,
+    DecoWarning,
     HeadsNotFoundError,
     HiddenStateUnavailableError,
     IncompatibleHeadsError,
@@ -20,10 +21,13 @@ from .errors import (
     ManifestVersionError,
     MissingDependencyError,
     ModelProvisioningError,
+    NonFiniteHiddenStateWarning,
+    StackedWarpersWarning,
+    UnknownKeysWarning,
     UnsupportedGenerationModeError,
 )
 from .heads.artifact import DecodingHeads, export_heads, list_shipped_heads
-from .manifest import BaseModelIdentity, HeadManifest, UnknownKeysWarning
+from .manifest import BaseModelIdentity, HeadManifest
 from .sampling import DecodingSettings, nucleus_filter, resolve_decoding, warp_temperature
 from .trace import DecodingTrace, TraceStep
 
@@ -35,14 +39,13 @@ _LAZY = {
     "LearnedTemperatureProcessor": "deco_middleware.hf",
     "LearnedTopPWarper": "deco_middleware.hf",
     "NEUTRAL_GENERATE_KWARGS": "deco_middleware.hf",
-    "NonFiniteHiddenStateWarning": "deco_middleware.hf",
-    "StackedWarpersWarning": "deco_middleware.hf",
     "model_identity": "deco_middleware.hf",
 }
 
 __all__ = [
     "BaseModelIdentity",
     "DecoError",
+    "DecoWarning",
     "DecodingHeads",
     "DecodingSession",
     "DecodingSettings",

@@ -1,7 +1,9 @@
-"""Errors raised by deco-middleware.
+"""Every error and warning deco-middleware raises on purpose, in one module.
 
 Every error derives from :class:`DecoError` and also from the built-in exception it stands in for,
-so ``except ValueError`` keeps working for callers who do not know this library.
+so ``except ValueError`` keeps working for callers who do not know this library. Every warning
+derives from :class:`DecoWarning`, so ``warnings.filterwarnings("ignore", category=DecoWarning)``
+silences them all. The modules that raise them re-export them, so older import paths still work.
 """
 
 from __future__ import annotations
@@ -9,6 +11,13 @@ from __future__ import annotations
 
 class DecoError(Exception):
     """Root of every error this library raises on purpose."""
+
+
+class DecoWarning(UserWarning):
+    """Root of every warning this library issues."""
+
+
+# -- loading and attaching heads -----------------------------------------------------------------
 
 
 class MissingDependencyError(DecoError, ImportError):
@@ -24,7 +33,7 @@ class ManifestVersionError(ManifestError):
 
 
 class IntegrityError(DecoError, ValueError):
-    """An artifact on disk does not match its manifest (truncated, tampered or replaced)."""
+    """An artifact on disk does not match its manifest (truncated, tampered, replaced or not a heads graph)."""
 
 
 class IncompatibleHeadsError(DecoError, ValueError):
@@ -33,6 +42,13 @@ class IncompatibleHeadsError(DecoError, ValueError):
 
 class HeadsNotFoundError(DecoError, FileNotFoundError):
     """No heads exist under the given name or path."""
+
+
+class UnknownKeysWarning(DecoWarning):
+    """A manifest carries keys this version does not know (written by a newer writer)."""
+
+
+# -- generation ----------------------------------------------------------------------------------
 
 
 class HiddenStateUnavailableError(DecoError, RuntimeError):
@@ -53,3 +69,90 @@ class CheckpointFormatError(DecoError, ValueError):
 
 class ReferenceCheckpointError(DecoError, ValueError):
     """A reference (AutoDeco) checkpoint does not fit the base model, or heads cannot be expressed in it."""
+
+
+class StackedWarpersWarning(DecoWarning):
+    """A static temperature/top-p would be applied on top of the learned one."""
+
+
+class NonFiniteHiddenStateWarning(DecoWarning, RuntimeWarning):
+    """Some rows had NaN/inf hidden states or head outputs and used the fallback T/P."""
+
+
+# -- ONNX Runtime export of a causal LM ----------------------------------------------------------
+
+
+class ExportValidationError(DecoError, ValueError):
+    """The exported ONNX LM does not reproduce the torch model within the tolerance."""
+
+
+class MissingHiddenStateOutputError(DecoError, ValueError):
+    """An ONNX causal LM lacks the ``last_hidden_state`` output that learned decoding reads."""
+
+
+class UnsupportedGraphError(DecoError, ValueError):
+    """The exported graph does not have the LM-head structure this module knows how to read."""
+
+
+# -- training and evaluation ---------------------------------------------------------------------
+
+
+class TrainingDataError(DecoError, ValueError):
+    """Training data is malformed or holds nothing to train on."""
+
+
+class CacheError(TrainingDataError):
+    """A feature cache is missing, incomplete or does not fit the model."""
+
+
+class TrainingInterrupted(DecoError):
+    """Raised by ``fit(stop_after=...)``: the run stopped on purpose after a checkpoint."""
+
+
+class TaskSpecError(DecoError, ValueError):
+    """A ``--task`` spec, or a line of a JSONL task file, cannot be read."""
+
+
+class UnknownStrategyError(DecoError, ValueError):
+    """A strategy name is not one the harness knows."""
+
+
+# -- traces --------------------------------------------------------------------------------------
+
+
+class TraceDocumentError(DecoError, ValueError):
+    """Per-token lists of a trace document disagree in length or hold impossible values."""
+
+
+class TraceStreamerError(DecoError, ValueError):
+    """The streamer cannot pair tokens with decisions (no trace recorded, or a batch of several rows)."""
+
+
+__all__ = [
+    "CacheError",
+    "CheckpointFormatError",
+    "DecoError",
+    "DecoWarning",
+    "ExportValidationError",
+    "HeadsNotFoundError",
+    "HiddenStateUnavailableError",
+    "IncompatibleHeadsError",
+    "IntegrityError",
+    "ManifestError",
+    "ManifestVersionError",
+    "MissingDependencyError",
+    "MissingHiddenStateOutputError",
+    "ModelProvisioningError",
+    "NonFiniteHiddenStateWarning",
+    "ReferenceCheckpointError",
+    "StackedWarpersWarning",
+    "TaskSpecError",
+    "TraceDocumentError",
+    "TraceStreamerError",
+    "TrainingDataError",
+    "TrainingInterrupted",
+    "UnknownKeysWarning",
+    "UnknownStrategyError",
+    "UnsupportedGenerationModeError",
+    "UnsupportedGraphError",
+]

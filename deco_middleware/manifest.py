@@ -7,30 +7,51 @@ cannot silently attach to a model they were not trained for.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from ._io import atomic_write_bytes, read_bytes_within, sha256_file
 from ._version import __version__
-from .errors import ManifestError, ManifestVersionError
+from .errors import ManifestError, ManifestVersionError, UnknownKeysWarning
 
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "heads.onnx"
 FORMAT_VERSION = 1
 # A manifest is a few kB; anything far larger is not one of ours and is refused before parsing.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Nesting a manifest needs (the free-form `training` section included); deeper JSON is refused before
+# validation, so no parser, validator or writer downstream can run out of recursion.
+MAX_JSON_DEPTH = 64
+# Bounds far above any real LM, so a manifest cannot make the load-time probe allocate gigabytes.
+MAX_HIDDEN_SIZE = 1 << 16
+MAX_VOCAB_SIZE = 1 << 22
+MAX_FILE_NAME_BYTES = 255  # the usual file-system limit for one path component
 
 HEAD_ARCHITECTURE = "autodeco-mlp-v1"
 
 
-class UnknownKeysWarning(UserWarning):
-    """A manifest carries keys this version does not know (written by a newer writer)."""
+__all__ = [
+    "FORMAT_VERSION",
+    "HEAD_ARCHITECTURE",
+    "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
+    "ONNX_NAME",
+    "BaseModelIdentity",
+    "HeadArchitecture",
+    "HeadManifest",
+    "IONames",
+    "LMHeadFingerprint",
+    "OnnxFile",
+    "UnknownKeysWarning",
+    "WriterInfo",
+    "atomic_write_bytes",
+    "sha256_file",
+]
 
 
 class _Section(BaseModel):
@@ -46,24 +67,31 @@ class WriterInfo(_Section):
 class LMHeadFingerprint(_Section):
     """Cheap, dtype-robust summary of the LM-head weight matrix (see ``fingerprint.py``)."""
 
-    method: str
-    values: list[float] = Field(min_length=1)
+    method: str = Field(min_length=1, max_length=200)
+    values: list[float] = Field(min_length=1, max_length=4096)
+
+    @field_validator("values")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(abs(v) < float("inf") for v in values):  # also false for NaN
+            raise ValueError("fingerprint values must be finite numbers")
+        return values
 
 
 class BaseModelIdentity(_Section):
     name: str = Field(min_length=1)
     architecture: str = Field(min_length=1)
-    hidden_size: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0, le=MAX_HIDDEN_SIZE)
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB_SIZE)
     lm_head_fingerprint: LMHeadFingerprint
 
 
 class HeadArchitecture(_Section):
     name: Literal["autodeco-mlp-v1"] = HEAD_ARCHITECTURE
-    temperature_hidden_size: int = Field(default=256, gt=0)
-    top_p_hidden_size: int = Field(default=256, gt=0)
+    temperature_hidden_size: int = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
+    top_p_hidden_size: int = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
     enhanced_features: bool = True
-    max_temperature: float = Field(default=2.0, gt=0)
+    max_temperature: float = Field(default=2.0, gt=0, le=1e4, allow_inf_nan=False)
     # Which heads were trained; an untrained head's output is ignored at run time (T=1 or P=1).
     trained: list[Literal["temperature", "top_p"]] = Field(default_factory=lambda: ["temperature", "top_p"])
 
@@ -74,25 +102,41 @@ class IONames(_Section):
     temperature: str = "temperature"
     top_p: str = "top_p"
 
+    @model_validator(mode="after")
+    def _distinct(self) -> IONames:
+        names = [self.hidden_states, self.logits, self.temperature, self.top_p]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"the four io names must be distinct and non-empty, got {names}")
+        return self
+
 
 class OnnxFile(_Section):
     file: str = ONNX_NAME
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    opset: int = Field(gt=0)
+    opset: int = Field(gt=0, le=1000)
 
     @field_validator("file")
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
-        # The ONNX file must sit next to the manifest: no paths that escape the folder.
-        if Path(value).name != value or value in {"", ".", ".."}:
-            raise ValueError(f"must be a plain file name next to the manifest, got {value!r}")
+        # The ONNX file must sit next to the manifest: no paths that escape the folder, and nothing
+        # the file system would refuse with a raw OSError (too long, NUL or control characters).
+        shown = repr(value) if len(value) <= 80 else repr(value[:80]) + "..."
+        if (
+            Path(value).name != value
+            or value in {"", ".", "..", MANIFEST_NAME}
+            or "\\" in value
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        ):
+            raise ValueError(f"must be a plain file name next to the manifest, got {shown}")
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+            raise ValueError(f"must be a file name of at most {MAX_FILE_NAME_BYTES} bytes, got {shown}")
         return value
 
 
 class HeadManifest(_Section):
     """Validated description of one set of trained decoding heads."""
 
-    format_version: int = Field(ge=1)
+    format_version: StrictInt = Field(ge=1)
     writer: WriterInfo = Field(default_factory=WriterInfo)
     base_model: BaseModelIdentity
     heads: HeadArchitecture = Field(default_factory=HeadArchitecture)
@@ -108,20 +152,19 @@ class HeadManifest(_Section):
     def from_json_text(cls, text: str, *, source: str = "<manifest>") -> HeadManifest:
         try:
             raw = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ManifestError(f"{source} is not valid JSON ({error}). Re-export the heads.") from error
+        except RecursionError as error:
+            raise ManifestError(f"{source} is JSON nested too deeply to be a manifest. Re-export the heads.") from error
+        except ValueError as error:  # JSONDecodeError, and integers over Python's digit limit
+            raise ManifestError(f"{source} is not valid JSON ({_shorten(str(error))}). Re-export the heads.") from error
         if not isinstance(raw, dict):
             raise ManifestError(f"{source} must hold a JSON object, got {type(raw).__name__}.")
-        version = raw.get("format_version")
-        if isinstance(version, int) and version > FORMAT_VERSION:
-            raise ManifestVersionError(
-                f"{source} has format_version {version}, but deco-middleware {__version__} reads up to "
-                f"{FORMAT_VERSION}. Upgrade with: pip install -U deco-middleware"
-            )
+        if not _depth_at_most(raw, MAX_JSON_DEPTH):
+            raise ManifestError(f"{source} is nested deeper than {MAX_JSON_DEPTH} levels; no manifest is. Re-export the heads.")
+        _check_format_version(raw.get("format_version", None), source)
         try:
             manifest = cls.model_validate(raw)
         except ValidationError as error:
-            raise ManifestError(f"{source} is not a valid head manifest:\n{error}") from error
+            raise ManifestError(f"{source} is not a valid head manifest: {_one_line(error)}. Re-export the heads.") from error
         unknown = manifest.unknown_keys()
         if unknown:
             warnings.warn(
@@ -134,13 +177,18 @@ class HeadManifest(_Section):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HeadManifest:
+        """Read and validate ``path``; it must be a regular file inside its own folder (no symlink out)."""
         path = Path(path)
         if not path.is_file():
             raise ManifestError(f"No manifest at {path}. A heads folder holds {MANIFEST_NAME} and {ONNX_NAME}.")
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{path} is {size} bytes, larger than any manifest ({MAX_MANIFEST_BYTES}).")
-        return cls.from_json_text(path.read_text(encoding="utf-8"), source=str(path))
+        data = read_bytes_within(path, path.parent, max_bytes=MAX_MANIFEST_BYTES, what="The manifest", error=ManifestError)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ManifestError(
+                f"{path} is not UTF-8 text (byte {error.start}: {error.reason}). Re-export the heads."
+            ) from error
+        return cls.from_json_text(text, source=str(path))
 
     def unknown_keys(self) -> list[str]:
         """Dotted names of every key not in the schema, in this object and its sections."""
@@ -166,31 +214,55 @@ class HeadManifest(_Section):
         atomic_write_bytes(Path(path), self.to_json_text().encode("utf-8"))
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _check_format_version(version: Any, source: str) -> None:
+    # Strictly an int: "2" or 2.0 would otherwise be coerced and skip the newer-version gate.
+    if isinstance(version, int) and not isinstance(version, bool):
+        if version > FORMAT_VERSION:
+            raise ManifestVersionError(
+                f"{source} has format_version {version}, but deco-middleware {__version__} reads up to "
+                f"{FORMAT_VERSION}. Upgrade with: pip install -U deco-middleware"
+            )
+        return
+    if version is None:
+        return  # the schema reports the missing field with the others
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        newer = not isinstance(version, bool) and float(version) > FORMAT_VERSION
+    except (TypeError, ValueError, OverflowError):
+        newer = False
+    shown = _shorten(repr(version))
+    if newer:
+        raise ManifestVersionError(
+            f"{source} has format_version {shown} ({type(version).__name__}), which is not an integer and reads as "
+            f"newer than {FORMAT_VERSION}, the newest deco-middleware {__version__} reads. "
+            "Upgrade with: pip install -U deco-middleware"
+        )
+    raise ManifestError(
+        f"{source} has format_version {shown} ({type(version).__name__}); it must be the integer "
+        f"{FORMAT_VERSION}. Re-export the heads."
+    )
+
+
+def _depth_at_most(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(error: ValidationError, limit: int = 3) -> str:
+    """The first few problems of a validation error on one line, each with its dotted field name."""
+    parts = []
+    for item in error.errors(include_url=False)[:limit]:
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        parts.append(f"`{where}`: {_shorten(item['msg'])} (got {_shorten(repr(item.get('input')), 60)})")
+    more = error.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

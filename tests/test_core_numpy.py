@@ -74,3 +74,58 @@ def test_missing_cli_extra_gives_a_one_line_hint():
     result = run_python("import sys; sys.modules['typer'] = None\nfrom deco_middleware.cli import main\nmain()")
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "pip install" in result.stderr and "deco-middleware[cli" in result.stderr
+
+
+def test_fingerprint_covers_the_whole_lm_head_without_torch():
+    # lm-head-sketch-v2: a 1.1% scale and a change to a single row are refused; a float32 -> bfloat16 ->
+    # float32 round trip (what a bf16 copy of the model holds) is accepted.
+    heads = DecodingHeads.from_pretrained(ASSET)
+    lm_head = np.array(EXPECTED["lm_head"], dtype=np.float32)
+    with pytest.raises(IncompatibleHeadsError, match="fingerprint differs by 0.011 .*tolerance is 0.002"):
+        heads.check_compatible(identity(lm_head * np.float32(1.011)))
+    changed = lm_head.copy()
+    changed[5] *= 1.5
+    with pytest.raises(IncompatibleHeadsError, match="fingerprint differs"):
+        heads.check_compatible(identity(changed))
+    bits = lm_head.view(np.uint32)
+    bf16_round_trip = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    heads.check_compatible(identity(bf16_round_trip))
+
+
+def test_a_manifest_with_the_retired_fingerprint_asks_for_a_restamp(tmp_path):
+    import shutil
+
+    target = tmp_path / "old"
+    shutil.copytree(ASSET, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["base_model"]["lm_head_fingerprint"] = {"method": "lm-head-rows-v1", "values": [1.0] * 32}
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    heads = DecodingHeads.from_pretrained(target)  # still loads: only attaching needs the identity
+    with pytest.raises(IncompatibleHeadsError, match="retired fingerprint `lm-head-rows-v1`.*python -m deco_middleware.heads.restamp"):
+        heads.check_compatible(identity(np.array(EXPECTED["lm_head"], dtype=np.float32)))
+
+
+def test_restamp_without_torch_checks_the_old_fingerprint_first(tmp_path):
+    import shutil
+
+    from deco_middleware.fingerprint import fingerprint_from_matrix as values_of
+    from deco_middleware.heads.restamp import restamp
+
+    lm_head = np.array(EXPECTED["lm_head"], dtype=np.float32)
+    target = tmp_path / "old"
+    shutil.copytree(ASSET, target)
+    onnx_before = (target / "heads.onnx").read_bytes()
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["base_model"]["lm_head_fingerprint"] = {"method": "lm-head-rows-v1",
+                                                     "values": values_of(lm_head, method="lm-head-rows-v1")}
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(IncompatibleHeadsError, match="does not fit this model by its own fingerprint"):
+        restamp(target, lm_head[::-1].copy())  # another LM head: refused, nothing written
+    assert json.loads((target / "manifest.json").read_text()) == manifest
+    assert restamp(target, lm_head) is True
+    assert restamp(target, lm_head) is False  # already current
+    after = json.loads((target / "manifest.json").read_text())
+    assert after["base_model"]["lm_head_fingerprint"]["method"] == METHOD
+    del after["base_model"]["lm_head_fingerprint"], manifest["base_model"]["lm_head_fingerprint"]
+    assert after == manifest and (target / "heads.onnx").read_bytes() == onnx_before
+    DecodingHeads.from_pretrained(target).check_compatible(identity(lm_head))

@@ -15,10 +15,10 @@ from .strategies import STRATEGY_NAMES, Decoding, EvalStrategy, parse_eval_strat
 from .tasks import Problem, Task, load_task
 
 __all__ = [
-    "STRATEGY_NAMES",
     "Decoding",
     "EvalStrategy",
     "Problem",
+    "STRATEGY_NAMES",
     "Task",
     "TaskSpecError",
     "UnknownStrategyError",

@@ -1,16 +1,7 @@
-"""Errors of the evaluation harness; each also inherits the built-in it stands in for."""
+"""Errors of the evaluation harness (defined in :mod:`deco_middleware.errors`; re-exported here)."""
 
 from __future__ import annotations
 
-from ..errors import DecoError
-
-
-class TaskSpecError(DecoError, ValueError):
-    """A ``--task`` spec, or a line of a JSONL task file, cannot be read."""
-
-
-class UnknownStrategyError(DecoError, ValueError):
-    """A strategy name is not one the harness knows."""
-
+from ..errors import TaskSpecError, UnknownStrategyError
 
 __all__ = ["TaskSpecError", "UnknownStrategyError"]

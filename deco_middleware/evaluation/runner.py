@@ -177,10 +177,12 @@ class EvaluationRunner:
         self._eos_ids = {int(i) for i in eos_ids if i is not None}
 
     def _identify_model(self) -> str:
-        from ..hf.identity import model_identity
+        from ..hf.identity import legacy_lm_head_values, model_identity
 
         identity = model_identity(self.model)
-        values = json.dumps(identity.lm_head_fingerprint.values)
+        # Keyed by the 16-row values the key always used, so results cached before the whole-matrix
+        # fingerprint (lm-head-sketch-v2) stay valid; attaching heads checks the full fingerprint.
+        values = json.dumps(legacy_lm_head_values(self.model))
         return f"{identity.name}:{hashlib.sha256(values.encode()).hexdigest()[:12]}"
 
     def _run_key(self, decoding: Decoding, samples: int | None = None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -11,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from .._io import read_bytes_within, sha256_bytes
 from ..errors import HeadsNotFoundError, IncompatibleHeadsError, IntegrityError
+from ..fingerprint import LEGACY_METHODS, fingerprint_distance, fingerprints_match
 from ..fingerprint import METHOD as FINGERPRINT_METHOD
-from ..fingerprint import fingerprints_match
+from ..fingerprint import RTOL as FINGERPRINT_RTOL
 from ..manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -27,6 +28,10 @@ from ..manifest import (
 )
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
+# Heads for an 8192-wide LM are ~17 MB; a file far larger is not a heads graph and is not read.
+MAX_ONNX_BYTES = 256 * 1024 * 1024
+# Load-time probe: rows whose outputs must be per-row, finite and in range (see `_probe`).
+_PROBE_ROWS = 3
 # Where shipped heads live: inside the installed package (wheel) or next to it (source checkout).
 _PACKAGED_HEADS = Path(__file__).resolve().parent.parent / "_shipped_heads"
 _CHECKOUT_HEADS = Path(__file__).resolve().parent.parent.parent / "onnx"
@@ -107,19 +112,25 @@ class DecodingHeads:
         self.directory = Path(directory)
         self.manifest = HeadManifest.load(self.directory / MANIFEST_NAME)
         self.onnx_path = self.directory / self.manifest.onnx.file
-        self._verify_file()
+        data = self._read_verified_file()
+        self._onnx_bytes = data
         providers = check_providers(providers if providers is not None else [provider])
         if session_options is None:
             session_options = onnxruntime.SessionOptions()
             session_options.intra_op_num_threads = 1
             session_options.inter_op_num_threads = 1
         try:
+            # From the verified bytes, not the path: the file cannot be swapped between the hash and the load.
+            # enable_fallback=0: on failure ORT would otherwise print a banner on stdout and retry.
             self.session = onnxruntime.InferenceSession(
-                str(self.onnx_path), sess_options=session_options, providers=providers
+                data, sess_options=session_options, providers=providers, enable_fallback=0
             )
         except Exception as error:  # ORT raises its own exception types; wrap them with context
-            raise IntegrityError(f"ONNX Runtime could not load {self.onnx_path}: {error}") from error
-        self._check_graph_signature()
+            raise IntegrityError(
+                f"ONNX Runtime could not load {self.onnx_path}: {_first_line(error)}. Re-export the heads."
+            ) from error
+        self._check_graph_contract()
+        self._probe()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], **session_kwargs: Any) -> DecodingHeads:
@@ -130,36 +141,123 @@ class DecodingHeads:
         """Copy the verified ONNX file and its manifest to ``directory``."""
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.onnx_path, target / self.manifest.onnx.file)
+        atomic_write_bytes(target / self.manifest.onnx.file, self._onnx_bytes)  # the bytes that were verified
         self.manifest.save(target / MANIFEST_NAME)
         return target
 
-    def _verify_file(self) -> None:
-        if not self.onnx_path.is_file():
+    def _read_verified_file(self) -> bytes:
+        """The ONNX file's bytes, once they match the manifest's sha256 and hold every tensor inline."""
+        from ._onnx_scan import MalformedOnnxError, external_tensor_names
+
+        try:
+            exists = self.onnx_path.is_file()
+        except OSError as error:
+            raise IntegrityError(f"Cannot open {self.onnx_path}: {error.strerror or error}.") from error
+        if not exists:
             raise IntegrityError(f"The manifest names {self.onnx_path}, which does not exist. Re-export the heads.")
-        actual = sha256_file(self.onnx_path)
+        data = read_bytes_within(
+            self.onnx_path, self.directory, max_bytes=MAX_ONNX_BYTES, what="The ONNX file", error=IntegrityError
+        )
+        actual = sha256_bytes(data)
         if actual != self.manifest.onnx.sha256:
             raise IntegrityError(
                 f"{self.onnx_path} has sha256 {actual}, but its manifest says {self.manifest.onnx.sha256}: "
                 "the file is truncated, tampered with or replaced. Re-download or re-export the heads."
             )
+        try:
+            external = sorted(external_tensor_names(data))
+        except MalformedOnnxError as error:
+            raise IntegrityError(f"{self.onnx_path} is not a valid ONNX file ({error}). Re-export the heads.") from error
+        if external:
+            shown = ", ".join(external[:5]) + (f" and {len(external) - 5} more" if len(external) > 5 else "")
+            raise IntegrityError(
+                f"{self.onnx_path} keeps tensors in external data files ({shown}), which its sha256 pin does not "
+                "cover. Heads are one self-contained file: re-export them with export_heads, or re-save this "
+                "file with onnx.save(model, path, save_as_external_data=False)."
+            )
+        return data
 
-    def _check_graph_signature(self) -> None:
+    def _contract_error(self, problem: str) -> IntegrityError:
+        return IntegrityError(
+            f"{self.onnx_path} does not compute the heads its manifest describes: {problem}. "
+            "Re-export the heads with export_heads (or `deco train`)."
+        )
+
+    def _check_graph_contract(self) -> None:
+        """Inputs, outputs, dtypes and shapes of the graph against the manifest's ``io`` and sizes."""
         io = self.manifest.io
-        inputs = {i.name: i.shape for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
         base = self.manifest.base_model
-        expected = {io.hidden_states: base.hidden_size, io.logits: base.vocab_size}
-        for name, size in expected.items():
-            if name not in inputs:
-                raise IntegrityError(f"{self.onnx_path} has no input `{name}` (inputs: {sorted(inputs)}).")
-            if inputs[name][-1] != size:
-                raise IntegrityError(
-                    f"{self.onnx_path} input `{name}` has last dimension {inputs[name][-1]}, but the manifest says {size}."
+        inputs = self.session.get_inputs()
+        names = [i.name for i in inputs]
+        if len(inputs) != 2 or set(names) != {io.hidden_states, io.logits}:
+            raise self._contract_error(f"inputs are {names}, expected exactly [`{io.hidden_states}`, `{io.logits}`]")
+        for arg in inputs:
+            size = base.hidden_size if arg.name == io.hidden_states else base.vocab_size
+            shape = list(arg.shape or [])
+            if arg.type != "tensor(float)":
+                raise self._contract_error(f"input `{arg.name}` is {arg.type}, expected tensor(float)")
+            if len(shape) != 2:
+                raise self._contract_error(f"input `{arg.name}` has shape {shape or 'undeclared'}, expected [batch, {size}]")
+            if isinstance(shape[0], int) and shape[0] > 0:
+                raise self._contract_error(f"input `{arg.name}` has a fixed batch of {shape[0]}, expected a dynamic batch")
+            if shape[1] != size:
+                raise self._contract_error(
+                    f"input `{arg.name}` has last dimension {shape[1]}, but the manifest says {size}"
                 )
-        missing = {io.temperature, io.top_p} - outputs
-        if missing:
-            raise IntegrityError(f"{self.onnx_path} lacks outputs {sorted(missing)} (outputs: {sorted(outputs)}).")
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        if len(outputs) != 2 or set(names) != {io.temperature, io.top_p}:
+            raise self._contract_error(f"outputs are {names}, expected exactly [`{io.temperature}`, `{io.top_p}`]")
+        for arg in outputs:
+            if arg.type != "tensor(float)":
+                raise self._contract_error(f"output `{arg.name}` is {arg.type}, expected tensor(float)")
+            shape = list(arg.shape or [])
+            if shape and len(shape) != 1:  # [] means undeclared here; the probe checks what is computed
+                raise self._contract_error(f"output `{arg.name}` has shape {shape}, expected [batch]")
+
+    def _probe(self) -> None:
+        """Run the heads once on a fixed batch: one finite value per row, T in (0, max], P in (0, 1].
+
+        Also checks what only running can show: each row's outputs depend on that row alone, and T does
+        not move when only the logits change (the temperature head reads the hidden state alone, so a T
+        that follows the logits means the outputs are swapped or the graph is another one).
+        """
+        rng = np.random.default_rng(20251030)
+        hidden = rng.standard_normal((_PROBE_ROWS, self.hidden_size)).astype(np.float32)
+        logits = (4.0 * rng.standard_normal((_PROBE_ROWS, self.vocab_size))).astype(np.float32)
+        try:
+            temperature, top_p = self._run_session(hidden, logits)
+            alone_t, alone_p = self._run_session(hidden[:1], logits[:1])
+            other_t, _ = self._run_session(hidden, logits[:, ::-1] * np.float32(0.5))
+        except Exception as error:  # ORT's own exception types: a graph that cannot run on a valid batch
+            raise self._contract_error(f"it fails on a probe batch ({_first_line(error)})") from error
+        io = self.manifest.io
+        max_temperature = float(np.float32(self.manifest.heads.max_temperature)) * (1 + 1e-6)
+        for name, values, batch in ((io.temperature, temperature, _PROBE_ROWS), (io.top_p, top_p, _PROBE_ROWS),
+                                    (io.temperature, alone_t, 1), (io.top_p, alone_p, 1)):
+            if not isinstance(values, np.ndarray) or values.dtype != np.float32 or values.shape != (batch,):
+                shape = list(getattr(values, "shape", []))
+                raise self._contract_error(
+                    f"output `{name}` is {getattr(values, 'dtype', type(values).__name__)} of shape {shape} for a batch of "
+                    f"{batch}, expected float32 [{batch}] (one value per row)"
+                )
+        if not (np.isfinite(temperature).all() and (temperature > 0).all() and (temperature <= max_temperature).all()):
+            raise self._contract_error(
+                f"output `{io.temperature}` is {np.round(temperature, 6).tolist()} on the probe batch, outside "
+                f"(0, {self.manifest.heads.max_temperature}]"
+            )
+        if not (np.isfinite(top_p).all() and (top_p > 0).all() and (top_p <= 1).all()):
+            raise self._contract_error(
+                f"output `{io.top_p}` is {np.round(top_p, 6).tolist()} on the probe batch, outside (0, 1]"
+            )
+        if not (np.allclose(alone_t, temperature[:1], rtol=1e-4, atol=1e-6)
+                and np.allclose(alone_p, top_p[:1], rtol=1e-4, atol=1e-6)):
+            raise self._contract_error("the outputs of one row change with the other rows of the batch")
+        if not np.allclose(other_t, temperature, rtol=1e-5, atol=1e-7):
+            raise self._contract_error(
+                f"output `{io.temperature}` changes when only the logits change; it must depend on the hidden "
+                f"state alone (are `{io.temperature}` and `{io.top_p}` swapped?)"
+            )
 
     @property
     def hidden_size(self) -> int:
@@ -181,10 +279,21 @@ class DecodingHeads:
             problems.append(f"hidden size {identity.hidden_size} vs {base.hidden_size}")
         if identity.vocab_size != base.vocab_size:
             problems.append(f"vocab size {identity.vocab_size} vs {base.vocab_size}")
-        if not problems:
-            ours, theirs = base.lm_head_fingerprint, identity.lm_head_fingerprint
-            if ours.method != theirs.method or not fingerprints_match(ours.values, theirs.values):
-                problems.append("LM-head weight fingerprint differs (a different model or a fine-tune)")
+        ours, theirs = base.lm_head_fingerprint, identity.lm_head_fingerprint
+        if not problems and ours.method in LEGACY_METHODS:
+            raise IncompatibleHeadsError(
+                f"These heads ({self.directory}) pin their base model with the retired fingerprint `{ours.method}`, "
+                "which reads only 16 rows of the LM head. Re-stamp the manifest (it checks the old fingerprint "
+                f"first): python -m deco_middleware.heads.restamp {self.directory} --model MODEL"
+            )
+        if not problems and ours.method != theirs.method:
+            problems.append(f"LM-head fingerprint method `{theirs.method}` vs `{ours.method}`")
+        elif not problems and not fingerprints_match(ours, theirs):
+            distance = fingerprint_distance(ours.values, theirs.values)
+            problems.append(
+                f"LM-head weight fingerprint differs by {distance:.2g} (relative, over the whole matrix; the "
+                f"tolerance is {FINGERPRINT_RTOL:g}): a different model or a fine-tune"
+            )
         if problems:
             raise IncompatibleHeadsError(
                 f"These heads ({self.directory}) were trained for `{base.name}` ({base.architecture}), and do not "
@@ -194,7 +303,6 @@ class DecodingHeads:
 
     def run(self, hidden_states: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw head outputs ``(temperature [batch], top_p [batch])`` as float32 numpy arrays."""
-        io = self.manifest.io
         hidden_states = np.ascontiguousarray(hidden_states, dtype=np.float32)
         logits = np.ascontiguousarray(logits, dtype=np.float32)
         if hidden_states.ndim != 2 or hidden_states.shape[1] != self.hidden_size:
@@ -205,6 +313,10 @@ class DecodingHeads:
             raise ValueError(
                 f"`logits` must have shape [{hidden_states.shape[0]}, {self.vocab_size}], got {list(logits.shape)}."
             )
+        return self._run_session(hidden_states, logits)
+
+    def _run_session(self, hidden_states: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        io = self.manifest.io
         temperature, top_p = self.session.run(
             [io.temperature, io.top_p], {io.hidden_states: hidden_states, io.logits: logits}
         )
@@ -224,7 +336,7 @@ def heads_for_identity(heads: str | os.PathLike[str] | DecodingHeads, identity: 
     for name in list_shipped_heads():
         base = HeadManifest.load(shipped_heads_dir() / name / MANIFEST_NAME).base_model
         if (base.hidden_size, base.vocab_size) == (identity.hidden_size, identity.vocab_size) and fingerprints_match(
-            base.lm_head_fingerprint.values, identity.lm_head_fingerprint.values
+            base.lm_head_fingerprint, identity.lm_head_fingerprint
         ):
             return DecodingHeads.from_pretrained(name)
     raise HeadsNotFoundError(
@@ -248,8 +360,13 @@ def export_heads(
     from .graph import OPSET, build_heads_graph
 
     architecture = architecture or HeadArchitecture()
-    if base_model.lm_head_fingerprint.method != FINGERPRINT_METHOD:
-        raise ValueError(f"Unknown fingerprint method {base_model.lm_head_fingerprint.method!r}.")
+    # A retired method is written as it is (a feature cache built by an older version records one);
+    # such heads load, and attaching them asks for a re-stamp. An unknown method is refused here.
+    if base_model.lm_head_fingerprint.method not in (FINGERPRINT_METHOD, *LEGACY_METHODS):
+        raise ValueError(
+            f"Unknown fingerprint method {base_model.lm_head_fingerprint.method!r}; this version writes "
+            f"{FINGERPRINT_METHOD!r}. Compute the identity with deco_middleware.hf.model_identity."
+        )
     model = build_heads_graph(
         weights,
         hidden_size=base_model.hidden_size,
@@ -272,3 +389,9 @@ def export_heads(
     )
     manifest.save(directory / MANIFEST_NAME)
     return directory
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 300 else line[:297] + "..."

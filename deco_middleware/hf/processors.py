@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import HiddenStateUnavailableError, UnsupportedGenerationModeError
+from ..errors import HiddenStateUnavailableError, NonFiniteHiddenStateWarning, StackedWarpersWarning, UnsupportedGenerationModeError
 from ..heads.artifact import DecodingHeads
 from ..sampling import DecodingSettings, min_p_filter, nucleus_filter, resolve_decoding, top_k_filter, warp_temperature
 from ..trace import DecodingTrace, TraceStep
@@ -26,12 +26,6 @@ LogitsProcessorList = transformers.LogitsProcessorList
 NEUTRAL_GENERATE_KWARGS: dict[str, Any] = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
-class StackedWarpersWarning(UserWarning):
-    """A static temperature/top-p would be applied on top of the learned one."""
-
-
-class NonFiniteHiddenStateWarning(RuntimeWarning):
-    """Some rows had NaN/inf hidden states or head outputs and used the fallback T/P."""
 
 
 class _StepState:

@@ -22,18 +22,16 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DecoError
-from ..fingerprint import METHOD, lm_head_fingerprint, row_indices
-from ..manifest import BaseModelIdentity, LMHeadFingerprint, atomic_write_bytes
+from ..errors import ExportValidationError
+from .._io import atomic_write_bytes, current_umask
+from ..fingerprint import identity_from_lm_head, matrix_row_reader
+from ..manifest import BaseModelIdentity
 from .graph import EXPORT_INFO_NAME, HIDDEN_STATE_OUTPUT, ONNX_DATA_NAME, ONNX_MODEL_NAME, add_hidden_state_output
 
 EXPORT_FORMAT_VERSION = 1
 # fp32 export vs the fp32 torch model: differences are float rounding (~1e-5 on the default model).
 DEFAULT_ATOL = 1e-3
 
-
-class ExportValidationError(DecoError, ValueError):
-    """The exported ONNX LM does not reproduce the torch model within the tolerance."""
 
 
 @dataclass
@@ -183,8 +181,7 @@ def export_lm(
 
 def _make_readable(directory: Path) -> None:
     # Temporary-file helpers create files as 0600; an export is meant to be shared like a model folder.
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for item in directory.iterdir():
         item.chmod(0o666 & ~umask)
     directory.chmod(0o777 & ~umask)
@@ -200,12 +197,8 @@ def exported_identity(directory: str | os.PathLike[str], *, name: str, architect
     from .graph import lm_head_weight
 
     weight = lm_head_weight(Path(directory) / ONNX_MODEL_NAME)
-    vocab_size, hidden_size = int(weight.shape[0]), int(weight.shape[1])
-    rows = np.asarray(weight[row_indices(vocab_size)], dtype=np.float32)
-    return BaseModelIdentity(
-        name=name, architecture=architecture, hidden_size=hidden_size, vocab_size=vocab_size,
-        lm_head_fingerprint=LMHeadFingerprint(method=METHOD, values=lm_head_fingerprint(rows, vocab_size)),
-    )
+    return identity_from_lm_head(matrix_row_reader(weight), weight.shape[0], weight.shape[1], name=name,
+                                 architecture=architecture)
 
 
 def _validate(model: Any, directory: Path) -> tuple[float, float, str]:

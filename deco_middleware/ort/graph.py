@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DecoError
+from ..errors import MissingHiddenStateOutputError, UnsupportedGraphError
 
 HIDDEN_STATE_OUTPUT = "last_hidden_state"
 LOGITS_OUTPUT = "logits"
@@ -29,12 +29,6 @@ EXPORT_INFO_NAME = "deco_export.json"
 _ELEMENTWISE = {"Cast", "Mul", "Div", "Tanh", "Add", "Identity"}
 
 
-class MissingHiddenStateOutputError(DecoError, ValueError):
-    """An ONNX causal LM lacks the ``last_hidden_state`` output that learned decoding reads."""
-
-
-class UnsupportedGraphError(DecoError, ValueError):
-    """The exported graph does not have the LM-head structure this module knows how to read."""
 
 
 def missing_hidden_state_message(where: str | os.PathLike[str], outputs: list[str]) -> str:
@@ -118,7 +112,7 @@ def lm_head_weight(onnx_path: str | os.PathLike[str]) -> np.ndarray:
     """The exported LM-head weight as a ``[vocab, hidden]`` array, without loading the rest of the model.
 
     Weights in an external-data file are memory-mapped copy-on-write: nothing is read until rows are
-    indexed (the fingerprint reads 16 rows), and the array is writable so torch can wrap it
+    indexed (the fingerprint reads the matrix in chunks of rows), and the array is writable so torch can wrap it
     without a warning, while the file itself is never modified.
     """
     onnx = _onnx()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fingerprint import METHOD, lm_head_fingerprint, row_indices
+from ..fingerprint import identity_from_lm_head, matrix_row_reader
 from ..heads.artifact import DEFAULT_PROVIDER, check_providers
 from ..manifest import BaseModelIdentity, LMHeadFingerprint
 from .graph import (
@@ -123,6 +123,7 @@ class OnnxCausalLM:
         self.config: dict[str, Any] = json.loads(config_path.read_text()) if config_path.is_file() else {}
         info_path = self.directory / EXPORT_INFO_NAME
         self.export_info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        self._fingerprint: LMHeadFingerprint | None = None
 
     # -- identity --------------------------------------------------------------------------------
 
@@ -142,16 +143,16 @@ class OnnxCausalLM:
     def identity(self, name: str | None = None) -> BaseModelIdentity:
         """Sizes and LM-head fingerprint, computed from the weights inside the exported ONNX file."""
         weight = self.lm_head_weight
-        vocab_size, hidden_size = int(weight.shape[0]), int(weight.shape[1])
-        rows = np.asarray(weight[row_indices(vocab_size)], dtype=np.float32)
         architectures = self.config.get("architectures") or ["unknown"]
         recorded = self.export_info.get("base_model", {}).get("name")
-        return BaseModelIdentity(
-            name=name or recorded or self.directory.name,
-            architecture=str(architectures[0]),
-            hidden_size=hidden_size,
-            vocab_size=vocab_size,
-            lm_head_fingerprint=LMHeadFingerprint(method=METHOD, values=lm_head_fingerprint(rows, vocab_size)),
+        if self._fingerprint is None:  # one pass over the memory-mapped matrix per loaded model
+            self._fingerprint = identity_from_lm_head(
+                matrix_row_reader(weight), weight.shape[0], weight.shape[1], name="-", architecture="-"
+            ).lm_head_fingerprint
+        return identity_from_lm_head(
+            matrix_row_reader(weight), weight.shape[0], weight.shape[1],
+            name=name or recorded or self.directory.name, architecture=str(architectures[0]),
+            fingerprint=self._fingerprint,
         )
 
     # -- forward passes --------------------------------------------------------------------------

@@ -31,12 +31,12 @@ from .loss import (
 from .trainer import FitResult, TrainConfig, TrainingInterrupted, evaluate, fit, split_tokens
 
 __all__ = [
-    "TRAINING_TASKS",
     "CacheError",
     "FeatureCache",
     "FitResult",
     "LossConfig",
     "SamplingConfig",
+    "TRAINING_TASKS",
     "TrainConfig",
     "TrainingDataError",
     "TrainingInterrupted",

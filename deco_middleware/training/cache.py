@@ -30,15 +30,12 @@ import numpy as np
 
 from .._deps import require
 from ..manifest import BaseModelIdentity
-from .data import TrainingDataError
+from ..errors import CacheError
 
 META_NAME = "meta.json"
 CACHE_FORMAT = 1
 HIDDEN_DTYPES = ("float16", "float32")
 
-
-class CacheError(TrainingDataError):
-    """A feature cache is missing, incomplete or does not fit the model."""
 
 
 def tokenize_record(tokenizer: Any, record: dict[str, Any]) -> tuple[list[int], list[int]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._deps import require
-from ..errors import DecoError
+from ..errors import TrainingDataError
 from ..manifest import atomic_write_bytes
 from .grading import grade_reply, CORRECT_SCORE
 
@@ -38,9 +38,6 @@ TRAINING_TASKS: dict[str, dict[str, Any]] = {
 
 UnsolvedPolicy = Literal["drop", "reference"]
 
-
-class TrainingDataError(DecoError, ValueError):
-    """Training data is malformed or holds nothing to train on."""
 
 
 @dataclass(frozen=True)

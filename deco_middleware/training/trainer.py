@@ -19,7 +19,7 @@ import numpy as np
 from .._deps import require
 from ..manifest import atomic_write_bytes
 from .cache import FeatureCache
-from .data import TrainingDataError
+from ..errors import TrainingDataError, TrainingInterrupted
 from .loss import LossConfig, autodeco_loss, hard_nucleus_from_logits
 
 torch = require("torch", purpose="Training heads")
@@ -65,9 +65,6 @@ class TrainConfig:
         out["loss"] = self.loss.as_dict()
         return out
 
-
-class TrainingInterrupted(Exception):
-    """Raised by ``fit(stop_after=...)``: the run stopped on purpose after a checkpoint."""
 
 
 def select_records(cache: FeatureCache, sources: tuple[str, ...] | None) -> np.ndarray:

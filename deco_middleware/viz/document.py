@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DecoError
+from ..errors import TraceDocumentError
 from ..manifest import atomic_write_bytes
 from ..trace import DecodingTrace
 
@@ -36,9 +36,6 @@ def visible_control_characters(text: str) -> str:
     """``text`` with control characters (except tab and newline) replaced by their control pictures."""
     return text.translate(_CONTROL_PICTURES)
 
-
-class TraceDocumentError(DecoError, ValueError):
-    """Per-token lists of a trace document disagree in length or hold impossible values."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from queue import Queue
 from typing import Any
 
 from .._deps import require
-from ..errors import DecoError
+from ..errors import TraceStreamerError
 
 transformers = require("transformers", purpose="Streaming traced tokens")
 
@@ -33,9 +33,6 @@ class StreamedToken:
     nucleus_size: int | None
     fallback: bool
 
-
-class TraceStreamerError(DecoError, ValueError):
-    """The streamer cannot pair tokens with decisions (no trace recorded, or a batch of several rows)."""
 
 
 class TraceStreamer(transformers.generation.streamers.BaseStreamer):

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import CheckpointFormatError
-from ..fingerprint import METHOD, lm_head_fingerprint, row_indices
+from ..fingerprint import lm_head_fingerprint
 from ..manifest import BaseModelIdentity, LMHeadFingerprint
 from .safetensors_io import PICKLE_SUFFIXES, SafetensorsFile, pickle_refusal
 
@@ -94,8 +96,11 @@ def fingerprint_of(shard: SafetensorsFile, key: str) -> tuple[LMHeadFingerprint,
     if len(shape) != 2:
         raise CheckpointFormatError(f"{shard.path}: `{key}` has shape {list(shape)}, expected [vocab, hidden].")
     vocab_size, hidden_size = shape
-    rows = shard.read(key, rows=row_indices(vocab_size))
-    return LMHeadFingerprint(method=METHOD, values=lm_head_fingerprint(rows, vocab_size)), hidden_size, vocab_size
+    # The whole LM head, read row block by row block (the sketch covers every row).
+    fingerprint = lm_head_fingerprint(
+        lambda start, stop: shard.read(key, rows=np.arange(start, stop)), vocab_size, hidden_size
+    )
+    return fingerprint, hidden_size, vocab_size
 
 
 @dataclass(frozen=True)

@@ -286,7 +286,7 @@ def _read_head_weights(located: dict[str, SafetensorsFile], folder: Path, base: 
         key = lm_head_key(located, base.config, prefix=BASE_PREFIX)
         fingerprint, _, vocab = fingerprint_of(located[key], key)
         if vocab != base.identity.vocab_size or not fingerprints_match(
-            base.identity.lm_head_fingerprint.values, fingerprint.values
+            base.identity.lm_head_fingerprint, fingerprint
         ):
             raise ReferenceCheckpointError(
                 f"{folder} is a merged checkpoint whose own base weights (`{key}`) differ from --model {base.path} "

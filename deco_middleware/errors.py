@@ -48,6 +48,10 @@ class UnknownKeysWarning(DecoWarning):
     """A manifest carries keys this version does not know (written by a newer writer)."""
 
 
+class UnknownReferenceKeysWarning(UnknownKeysWarning):
+    """A reference config carries keys this version does not know (likely a newer reference)."""
+
+
 # -- generation ----------------------------------------------------------------------------------
 
 
@@ -152,6 +156,7 @@ __all__ = [
     "TrainingDataError",
     "TrainingInterrupted",
     "UnknownKeysWarning",
+    "UnknownReferenceKeysWarning",
     "UnknownStrategyError",
     "UnsupportedGenerationModeError",
     "UnsupportedGraphError",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import CheckpointFormatError, ReferenceCheckpointError
+from ..errors import CheckpointFormatError, ReferenceCheckpointError, UnknownReferenceKeysWarning
 from ..fingerprint import fingerprints_match
 from ..heads.graph import WEIGHT_NAMES
 from ..manifest import (
@@ -81,10 +81,6 @@ _GENERIC_CONFIG_KEYS = frozenset({
     "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
     "begin_suppress_tokens", "use_cache", "_attn_implementation_autoset", "_commit_hash",
 })
-
-
-class UnknownReferenceKeysWarning(UnknownKeysWarning):
-    """A reference config carries keys this version does not know (likely a newer reference)."""
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,18 @@ def model_identity(model: Any, name: str | None = None, *, use_cache: bool = Tru
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
     if name is None:
         name = getattr(config, "_name_or_path", "") or type(model).__name__
-    key = (weight.data_ptr(), weight.dtype, tuple(weight.shape), str(weight.device), weight._version)
+    try:
+        version = weight._version
+    except RuntimeError:  # inference tensors (e.g. Optimum's LM-head copy) keep no version counter: no cache
+        version, use_cache = None, False
+    key = (weight.data_ptr(), weight.dtype, tuple(weight.shape), str(weight.device), version)
     cached = getattr(weight, _CACHE_ATTRIBUTE, None) if use_cache else None
     if cached is not None and cached[0] == key:
         fingerprint: LMHeadFingerprint = cached[1]
     else:
         fingerprint = lm_head_fingerprint(_row_reader(weight), vocab_size, hidden_size)
-        setattr(weight, _CACHE_ATTRIBUTE, (key, fingerprint))
+        if use_cache:
+            setattr(weight, _CACHE_ATTRIBUTE, (key, fingerprint))
     return identity_from_lm_head(
         _row_reader(weight), vocab_size, hidden_size, name=str(name), architecture=str(architectures[0]),
         fingerprint=fingerprint,

@@ -7,7 +7,8 @@ decoding with ``skip_special_tokens=True``. The applied temperature and top-p ar
 every kept token, so ``len(temperature) == len(token_ids)``.
 
 A row whose logits were not finite (see :mod:`deco_middleware.sampling`) ends there with the
-first stop id, finish reason ``"eos"``, and is counted in ``nonfinite_rows``.
+first stop id, finish reason ``"eos"``, and is counted in ``nonfinite_rows`` (with no stop id
+known, it ends without a token, finish reason ``"nonfinite"``). The other rows go on unchanged.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class RowRecords:
     """The per-row record of one batch, filled step by step by the loop that drives the LM.
 
     ``finish_reason`` per row: ``"eos"`` (a stop id was drawn, or the logits were not finite),
-    ``"stop"`` (a stop string, set by the loop), ``"length"`` (``max_new_tokens`` reached).
+    ``"stop"`` (a stop string, set by the loop), ``"length"`` (``max_new_tokens`` reached),
+    ``"nonfinite"`` (non-finite logits and no stop id to end with).
     """
 
     stop_ids: frozenset[int]
@@ -66,33 +68,55 @@ class RowRecords:
             ["length"] * rows,
         )
 
-    def add(self, rows: Sequence[int], chosen: np.ndarray, step: StepOutput[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Record one step for ``rows`` (batch order); returns ``(tokens, ended)`` for those rows.
+    def add(
+        self, rows: Sequence[int], chosen: np.ndarray, step: StepOutput[Any], at: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Record one step for ``rows``; returns ``(tokens, ended)`` for those rows.
 
-        A row without a token (non-finite logits: ``chosen`` is ``NO_TOKEN``) gets the first stop id.
+        ``chosen`` holds one drawn token per row of ``rows``; ``at`` says which rows of ``step``
+        they are (default: the same positions). A row without a token (non-finite logits:
+        ``chosen`` is ``NO_TOKEN``) gets the first stop id, or, when there is none, ends without a
+        token (finish reason ``"nonfinite"``).
         """
+        at = np.arange(len(rows)) if at is None else np.asarray(at)
         chosen = np.asarray(chosen, dtype=np.int64)
         broken = chosen == NO_TOKEN
         if broken.any():
-            if not self.stop_ids:
-                from .errors import HiddenStateUnavailableError
-
-                raise HiddenStateUnavailableError(
-                    "A row's logits were not finite and there is no end-of-sequence id to end it with; "
-                    "pass `eos_token_id` / `stop_token_ids`."
-                )
-            chosen = np.where(broken, min(self.stop_ids), chosen)
             self.nonfinite_rows += int(broken.sum())
-        self.fallback_rows += int(np.asarray(step.fallback).sum())
-        ended = np.fromiter((int(t) in self.stop_ids for t in chosen), dtype=bool, count=len(chosen))
-        temperatures, top_ps = step.temperature.tolist(), step.top_p.tolist()
+            if self.stop_ids:
+                chosen = np.where(broken, min(self.stop_ids), chosen)
+        self.fallback_rows += int(np.asarray(step.fallback)[at].sum())
+        ended = broken | np.fromiter((int(t) in self.stop_ids for t in chosen), dtype=bool, count=len(chosen))
+        temperatures, top_ps = step.temperature[at].tolist(), step.top_p[at].tolist()
         for position, row in enumerate(rows):
+            if chosen[position] == NO_TOKEN:
+                self.finish_reason[row] = "nonfinite"
+                continue
             self.token_ids[row].append(int(chosen[position]))
             self.temperature[row].append(temperatures[position])
             self.top_p[row].append(top_ps[position])
             if ended[position]:
                 self.finish_reason[row] = "eos"
-        return chosen, ended
+        return np.where(chosen == NO_TOKEN, 0, chosen), ended
 
 
-__all__ = ["RowRecords", "cut_at_stop", "stop_token_ids"]
+def generation_result(
+    *, token_ids: list[int], decode: Any, temperature: list[float], top_p: list[float], strategy: Any,
+    model: str, heads: str | None, seed: int, **extra: Any,
+) -> dict[str, Any]:
+    """The one result dict of ``generate_text`` on every backend (``extra``: backend-specific keys)."""
+    return {
+        "text": decode(token_ids, skip_special_tokens=True),
+        "tokens": [decode([i]) for i in token_ids],
+        "token_ids": token_ids,
+        "temperature": [float(t) for t in temperature[: len(token_ids)]],
+        "top_p": [float(p) for p in top_p[: len(token_ids)]],
+        "strategy": strategy.name,  # the canonical name (deco_middleware.strategies)
+        "model": model,
+        "heads": heads,
+        "seed": seed,
+        **extra,
+    }
+
+
+__all__ = ["RowRecords", "cut_at_stop", "generation_result", "stop_token_ids"]

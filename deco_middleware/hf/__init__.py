@@ -9,6 +9,7 @@ from .processors import (
     LearnedTemperatureProcessor,
     LearnedTopPWarper,
     NonFiniteHiddenStateWarning,
+    PredictorDecoding,
     StackedWarpersWarning,
     check_generate_kwargs,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "LearnedTopPWarper",
     "NEUTRAL_GENERATE_KWARGS",
     "NonFiniteHiddenStateWarning",
+    "PredictorDecoding",
     "StackedWarpersWarning",
     "check_generate_kwargs",
     "model_identity",

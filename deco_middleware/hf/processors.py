@@ -17,12 +17,11 @@ from .._deps import require
 from ..errors import HiddenStateUnavailableError, UnsupportedGenerationModeError
 from ..heads.artifact import DecodingHeads
 from ..sampling import (
-    GREEDY,
     NO_TOKEN,
     DecodingSettings,
     LearnedPredictor,
+    Predictor,
     RowRandom,
-    StaticPredictor,
     StepOutput,
     batch_seeds,
     decode_step,
@@ -201,12 +200,15 @@ class LearnedTemperatureProcessor(LogitsProcessor):
     ...     out = model.generate(**inputs, **session.generate_kwargs, max_new_tokens=32)
     """
 
-    def __init__(self, heads: DecodingHeads, tap: HiddenStateTap, settings: DecodingSettings, state: _StepState) -> None:
+    def __init__(
+        self, heads: DecodingHeads | None, tap: HiddenStateTap, settings: DecodingSettings, state: _StepState,
+        predictor: Predictor | None = None,
+    ) -> None:
         self.heads = heads
         self.tap = tap
         self.settings = settings
         self.state = state
-        self.predictor = StaticPredictor(GREEDY) if settings.greedy else LearnedPredictor(heads, settings)
+        self.predictor = predictor if predictor is not None else LearnedPredictor(heads, settings)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         hidden, raw_logits = self.tap.pop()
@@ -374,12 +376,12 @@ class DecodingSession:
     """
 
     def __init__(
-        self, decoding: LearnedDecoding, target: Any, *, seed: int | None = None,
+        self, decoding: PredictorDecoding, target: Any, *, seed: int | None = None,
         row_seeds: Sequence[int] | None = None,
     ) -> None:
         self.target = target
         self.model = target.model if _is_pipeline(target) else target
-        if decoding.check_model:
+        if decoding.check_model and decoding.heads is not None:
             decoding.heads.check_compatible(model_identity(self.model))
         self.tap = HiddenStateTap(self.model)
         self._state = _StepState(
@@ -390,7 +392,8 @@ class DecodingSession:
         )
         self.logits_processor = LogitsProcessorList(
             [
-                LearnedTemperatureProcessor(decoding.heads, self.tap, decoding.settings, self._state),
+                LearnedTemperatureProcessor(decoding.heads, self.tap, decoding.settings, self._state,
+                                            decoding.predictor),
                 LearnedTopPWarper(self._state),
             ]
         )
@@ -507,7 +510,71 @@ class LearnedLogitsProcessorList(LogitsProcessorList):
         self.close()
 
 
-class LearnedDecoding:
+class PredictorDecoding:
+    """Any decoding (a :class:`~deco_middleware.sampling.Predictor`) inside ``generate()`` and pipelines.
+
+    The same processor pair, trace and per-row seeded draw as :class:`LearnedDecoding`, with any
+    predictor: ``PredictorDecoding.from_strategy("static:0.7,0.9")`` runs the library's static
+    step (not Hugging Face's warpers), so a strategy name decodes the same on every backend.
+
+    Args:
+        predictor: decides each row's T, P and filters (see :mod:`deco_middleware.strategies`).
+        record_trace: keep a per-step :class:`DecodingTrace` on each session.
+        seed: seeds every row's token draw (row ``i`` uses ``row_seeds(seed, 1, i)``); ``None`` takes
+            one from torch's global generator.
+    """
+
+    heads: DecodingHeads | None = None
+    check_model = False
+
+    def __init__(self, predictor: Predictor, *, record_trace: bool = False, seed: int | None = None) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` has to be an integer or None, got {seed!r}.")
+        self.predictor = predictor
+        self.heads = getattr(predictor, "heads", None)
+        self.check_model = self.heads is not None
+        self.settings: DecodingSettings = getattr(predictor, "settings", None) or DecodingSettings()
+        self.record_trace = record_trace
+        self.seed = seed
+
+    @classmethod
+    def from_strategy(cls, strategy: Any, heads: Any = None, *, record_trace: bool = False, seed: int | None = None,
+                      **settings_overrides: Any) -> PredictorDecoding:
+        """A strategy name (or parsed :class:`~deco_middleware.strategies.Strategy`) as a decoding."""
+        from ..strategies import parse_strategy
+
+        parsed = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+        if parsed.learned:
+            loaded = heads if heads is None or isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
+            return cls(parsed.predictor(loaded, **settings_overrides), record_trace=record_trace, seed=seed)
+        return cls(parsed.predictor(), record_trace=record_trace, seed=seed)
+
+    def attach(
+        self, model_or_pipeline: Any, *, seed: int | None = None, row_seeds: Sequence[int] | None = None
+    ) -> DecodingSession:
+        """A new session (tap + processor pair) for ``model_or_pipeline``; use it as a context manager.
+
+        ``seed`` overrides the decoding's seed; ``row_seeds`` gives every row of the batch its own seed.
+        """
+        return DecodingSession(self, model_or_pipeline, seed=seed, row_seeds=row_seeds)
+
+    def logits_processor(self, model_or_pipeline: Any, *, seed: int | None = None) -> LearnedLogitsProcessorList:
+        """The pair as a plain ``logits_processor`` for any ``generate()`` or pipeline call, no ``with`` needed.
+
+        It taps the model itself and removes the tap once the list is dropped (or closed):
+
+        >>> out = model.generate(**inputs, max_new_tokens=32,  # doctest: +SKIP
+        ...                      logits_processor=decoding.logits_processor(model))
+        """
+        return LearnedLogitsProcessorList(DecodingSession(self, model_or_pipeline, seed=seed))
+
+    def generate(self, model: Any, **kwargs: Any) -> Any:
+        """Attach, generate once, detach. Returns what ``model.generate`` returns."""
+        with self.attach(model) as session:
+            return session.generate(**kwargs)
+
+
+class LearnedDecoding(PredictorDecoding):
     """Trained heads plus the user's settings; attach them to a model or pipeline to generate.
 
     Args:
@@ -539,41 +606,14 @@ class LearnedDecoding:
     ) -> None:
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` has to be an integer or None, got {seed!r}.")
-        self.heads = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
-        self.settings = settings or DecodingSettings(**settings_kwargs)
-        self.record_trace = record_trace
+        loaded = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
+        settings = settings or DecodingSettings(**settings_kwargs)
+        if "temperature" not in loaded.trained_heads and settings.use_temperature_head:
+            settings = _replace(settings, use_temperature_head=False)
+        if "top_p" not in loaded.trained_heads and settings.use_top_p_head:
+            settings = _replace(settings, use_top_p_head=False)
+        super().__init__(LearnedPredictor(loaded, settings), record_trace=record_trace, seed=seed)
         self.check_model = check_model
-        self.seed = seed
-        if "temperature" not in self.heads.trained_heads and self.settings.use_temperature_head:
-            self.settings = _replace(self.settings, use_temperature_head=False)
-        if "top_p" not in self.heads.trained_heads and self.settings.use_top_p_head:
-            self.settings = _replace(self.settings, use_top_p_head=False)
-
-    def attach(
-        self, model_or_pipeline: Any, *, seed: int | None = None, row_seeds: Sequence[int] | None = None
-    ) -> DecodingSession:
-        """A new session (tap + processor pair) for ``model_or_pipeline``; use it as a context manager.
-
-        ``seed`` overrides the decoding's seed; ``row_seeds`` gives every row of the batch its own seed.
-        """
-        return DecodingSession(self, model_or_pipeline, seed=seed, row_seeds=row_seeds)
-
-    def logits_processor(self, model_or_pipeline: Any, *, seed: int | None = None) -> LearnedLogitsProcessorList:
-        """The pair as a plain ``logits_processor`` for any ``generate()`` or pipeline call, no ``with`` needed.
-
-        It taps the model itself and removes the tap once the list is dropped (or closed):
-
-        >>> out = model.generate(**inputs, max_new_tokens=32,  # doctest: +SKIP
-        ...                      logits_processor=decoding.logits_processor(model))
-        """
-        return LearnedLogitsProcessorList(DecodingSession(self, model_or_pipeline, seed=seed))
-
-    def generate(self, model: Any, **kwargs: Any) -> Any:
-        """Attach, generate once, detach. Returns what ``model.generate`` returns."""
-        with self.attach(model) as session:
-            return session.generate(**kwargs)
 
 
 def _replace(settings: DecodingSettings, **changes: Any) -> DecodingSettings:
@@ -590,6 +630,7 @@ __all__ = [
     "LearnedTemperatureProcessor",
     "LearnedTopPWarper",
     "NonFiniteHiddenStateWarning",
+    "PredictorDecoding",
     "StackedWarpersWarning",
     "check_generate_kwargs",
 ]

@@ -35,14 +35,6 @@ def is_available(module: str) -> bool:
         return False
 
 
-def is_torch_available() -> bool:
-    return is_available("torch")
-
-
-def is_transformers_available() -> bool:
-    return is_available("transformers")
-
-
 def require(module: str, *, purpose: str) -> ModuleType:
     """Import ``module`` or fail with the ``pip install`` line that brings it."""
     try:

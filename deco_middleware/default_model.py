@@ -45,10 +45,6 @@ def default_model_path() -> Path:
     return cache_root() / DEFAULT_MODEL_NAME
 
 
-def is_default_model_cached() -> bool:
-    return (default_model_path() / _DONE_MARKER).is_file()
-
-
 def _progress():
     try:
         from rich.progress import Progress

@@ -118,7 +118,7 @@ class TaskSpecError(DecoError, ValueError):
 
 
 class UnknownStrategyError(DecoError, ValueError):
-    """A strategy name is not one the harness knows."""
+    """A strategy name is not in the vocabulary (``deco_middleware.strategies``), or is written wrongly."""
 
 
 # -- traces --------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from deco_middleware import (  # noqa: E402
 )
 from deco_middleware.hf import HiddenStateTap, NonFiniteHiddenStateWarning, StackedWarpersWarning  # noqa: E402
 from deco_middleware.hf.processors import LearnedTemperatureProcessor, _StepState  # noqa: E402
-from deco_middleware.sampling import DecodingSettings  # noqa: E402
+from deco_middleware.sampling import DecodingSettings, batch_seeds  # noqa: E402
 
+# do_sample=False: generate()'s argmax then picks the token the learned pair drew itself.
 GREEDY_KWARGS = {"do_sample": False, "max_new_tokens": 6, "pad_token_id": 3}
 
 
@@ -56,9 +57,9 @@ def test_processor_does_not_change_scores_in_place(tiny_model, tiny_heads, tiny_
     assert out.data_ptr() != scores.data_ptr()
 
 
-def run_trace(model, heads, inputs, **kwargs):
-    decoding = LearnedDecoding(heads, record_trace=True)
-    with decoding.attach(model) as session:
+def run_trace(model, heads, inputs, row_seeds=None, **kwargs):
+    decoding = LearnedDecoding(heads, record_trace=True, seed=0)
+    with decoding.attach(model, row_seeds=row_seeds) as session:
         out = session.generate(**inputs, **{**GREEDY_KWARGS, **kwargs})
     return out, session.trace
 
@@ -66,10 +67,11 @@ def run_trace(model, heads, inputs, **kwargs):
 def test_left_padded_batch_rows_match_running_each_row_alone(tiny_model, tiny_heads, tiny_tokenizer):
     prompts = ["w1 w2 w3 w4 w5 w6 w7", "w9", "w3 w4"]
     batch = dict(tiny_tokenizer(prompts, return_tensors="pt", padding=True))
-    _, batch_trace = run_trace(tiny_model, tiny_heads, batch)
+    seeds = batch_seeds(0, len(prompts))  # each row keeps its own random stream when run alone
+    _, batch_trace = run_trace(tiny_model, tiny_heads, batch, row_seeds=seeds)
     for row, prompt in enumerate(prompts):
         single = dict(tiny_tokenizer([prompt], return_tensors="pt"))
-        _, single_trace = run_trace(tiny_model, tiny_heads, single)
+        _, single_trace = run_trace(tiny_model, tiny_heads, single, row_seeds=[seeds[row]])
         batch_t = [step.temperature[row] for step in batch_trace.steps]
         batch_p = [step.top_p[row] for step in batch_trace.steps]
         np.testing.assert_allclose(batch_t, [s.temperature[0] for s in single_trace.steps], atol=1e-4)
@@ -265,3 +267,81 @@ def test_incompatible_model_is_refused_at_attach(tiny_heads):
 def test_settings_and_keyword_settings_are_exclusive(tiny_heads):
     with pytest.raises(ValueError, match="either `settings` or keyword settings"):
         LearnedDecoding(tiny_heads, DecodingSettings(), temperature_scale=0.5)
+
+
+# -- the HF-native path (issue #18 item 12) ----------------------------------------------------------
+
+
+def test_stacked_warpers_are_found_in_the_list_generate_built_and_warned_once(tiny_model, tiny_heads, tiny_inputs):
+    with LearnedDecoding(tiny_heads, seed=1).attach(tiny_model) as session:
+        with pytest.warns(StackedWarpersWarning, match="temperature=0.7") as caught:
+            tiny_model.generate(**tiny_inputs, logits_processor=session.logits_processor, do_sample=True,
+                                temperature=0.7, top_k=0, max_new_tokens=3, pad_token_id=3)
+        assert len([w for w in caught if issubclass(w.category, StackedWarpersWarning)]) == 1
+        # and they cannot change the tokens: the pair hands generate() one token per row
+        plain = tiny_model.generate(**tiny_inputs, logits_processor=session.logits_processor, do_sample=True,
+                                    temperature=1.0, top_k=0, max_new_tokens=3, pad_token_id=3)
+    with LearnedDecoding(tiny_heads, seed=1).attach(tiny_model) as again, warnings.catch_warnings():
+        warnings.simplefilter("ignore", StackedWarpersWarning)
+        stacked = tiny_model.generate(**tiny_inputs, logits_processor=again.logits_processor, do_sample=True,
+                                      temperature=0.3, top_k=2, top_p=0.5, max_new_tokens=3, pad_token_id=3)
+    torch.testing.assert_close(stacked, plain)
+
+
+def test_check_generate_kwargs_sees_the_default_top_k_of_every_transformers_version(tiny_model):
+    from deco_middleware.hf import check_generate_kwargs
+
+    with pytest.warns(StackedWarpersWarning, match="top_k=50"):
+        stacked = check_generate_kwargs(tiny_model, {"do_sample": True, "temperature": 1.0, "top_p": 1.0})
+    assert stacked == {"top_k": 50}  # transformers 5 leaves GenerationConfig().top_k None but applies 50
+
+
+def test_attach_free_processor_taps_the_model_and_cleans_up(tiny_model, tiny_heads, tiny_inputs):
+    lm_head = tiny_model.get_output_embeddings()
+    decoding = LearnedDecoding(tiny_heads, seed=5)
+    out = tiny_model.generate(**tiny_inputs, logits_processor=decoding.logits_processor(tiny_model),
+                              max_new_tokens=4, pad_token_id=3)
+    assert not lm_head._forward_hooks  # the tap left with the list
+    with decoding.attach(tiny_model) as session:
+        expected = session.generate(**tiny_inputs, max_new_tokens=4, pad_token_id=3)
+    torch.testing.assert_close(out, expected)
+    with decoding.logits_processor(tiny_model) as processors:
+        tiny_model.generate(**tiny_inputs, logits_processor=processors, max_new_tokens=2, pad_token_id=3)
+        assert len(lm_head._forward_hooks) == 1 and processors.fallback_rows == 0
+    assert not lm_head._forward_hooks
+
+
+def test_reusing_a_session_starts_a_fresh_trace_and_fresh_streams(tiny_model, tiny_heads, tiny_inputs):
+    with LearnedDecoding(tiny_heads, record_trace=True, seed=2).attach(tiny_model) as session:
+        first = tiny_model.generate(**tiny_inputs, logits_processor=session.logits_processor, max_new_tokens=5,
+                                    pad_token_id=3)
+        first_trace = session.trace
+        second = tiny_model.generate(**tiny_inputs, logits_processor=session.logits_processor, max_new_tokens=3,
+                                     pad_token_id=3)
+    assert len(first_trace.steps) == 5 and len(session.trace.steps) == 3 and session.trace is not first_trace
+    torch.testing.assert_close(second, first[:, : second.shape[1]])  # the same seed, from the start again
+
+
+def test_without_sampling_the_recorded_temperature_is_the_one_that_chose_the_tokens(tiny_model, tiny_heads, tiny_inputs):
+    runs = {}
+    for do_sample in (False, True):
+        with LearnedDecoding(tiny_heads, record_trace=True, seed=9).attach(tiny_model) as session:
+            out = session.generate(**tiny_inputs, do_sample=do_sample, max_new_tokens=6, pad_token_id=3)
+        runs[do_sample] = (out, [s.temperature for s in session.trace.steps])
+    # The pair draws every token itself: do_sample=False is not a silent argmax under a recorded T.
+    torch.testing.assert_close(runs[False][0], runs[True][0])
+    assert runs[False][1] == runs[True][1]
+    greedy = tiny_model.generate(**tiny_inputs, do_sample=False, max_new_tokens=6, pad_token_id=3)
+    assert not torch.equal(greedy, runs[False][0])
+
+
+def test_session_arguments_do_not_trip_transformers_validation(tiny_model, tiny_heads):
+    with LearnedDecoding(tiny_heads).attach(tiny_model) as session:
+        greedy = session._merged({"do_sample": False})
+        assert {"top_k", "temperature", "top_p"}.isdisjoint(greedy) and greedy["do_sample"] is False
+        config = transformers.GenerationConfig(max_new_tokens=3, temperature=0.5, do_sample=False)
+        merged = session._merged({"generation_config": config})
+    # no loose generation arguments next to a generation_config: ours went into a copy
+    assert {"do_sample", "temperature", "top_p", "top_k"}.isdisjoint(merged)
+    assert (merged["generation_config"].do_sample, merged["generation_config"].temperature) == (True, 1.0)
+    assert (config.do_sample, config.temperature) == (False, 0.5)

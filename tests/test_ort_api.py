@@ -8,7 +8,7 @@ import pytest
 import deco_middleware.ort as ort
 from deco_middleware._deps import is_available
 from deco_middleware.errors import MissingDependencyError
-from deco_middleware.ort.loop import _sample, left_pad
+from deco_middleware.ort.loop import left_pad
 from deco_middleware.ort.runtime import position_ids_for
 
 
@@ -38,14 +38,3 @@ def test_position_ids_count_real_tokens_only():
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     # padding positions get 1, as transformers' generate() does, so both backends feed the same ids
     assert position_ids_for(mask).tolist() == [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
-
-
-def test_sample_greedy_rows_take_argmax_and_sampling_follows_the_distribution():
-    scores = np.log(np.array([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]], dtype=np.float32))
-    rng = np.random.default_rng(0)
-    draws = np.array([_sample(scores, np.array([False, True]), rng) for _ in range(4000)])
-    assert (draws[:, 1] == 0).all()  # greedy row
-    frequencies = np.bincount(draws[:, 0], minlength=3) / len(draws)
-    np.testing.assert_allclose(frequencies, [0.1, 0.6, 0.3], atol=0.03)
-    masked = np.array([[-np.inf, 0.0, -np.inf]], dtype=np.float32)
-    assert {int(_sample(masked, np.array([False]), rng)[0]) for _ in range(50)} == {1}

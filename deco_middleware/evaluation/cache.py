@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import DecoError
+from ..jsonl import iter_jsonl
+
 CACHE_FORMAT = 1
 
 
@@ -43,15 +46,20 @@ class ResultCache:
 
     def _load(self) -> None:
         assert self.path is not None  # only called when a path was given
-        text = self.path.read_text(encoding="utf-8")
-        self._needs_newline = bool(text) and not text.endswith("\n")
-        for line in text.splitlines():
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                    self._records[self._key(record)] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    self.ignored_lines += 1
+        with open(self.path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell():
+                handle.seek(-1, os.SEEK_END)
+                self._needs_newline = handle.read(1) != b"\n"
+
+        def ignore(number: int, reason: str) -> None:
+            self.ignored_lines += 1
+
+        for _, record in iter_jsonl(self.path, error=DecoError, on_bad_line=ignore):
+            try:
+                self._records[self._key(record)] = record
+            except (KeyError, TypeError):
+                self.ignored_lines += 1
 
     def get(self, run: str, task: str, decoding: str, problem: str) -> dict[str, Any] | None:
         return self._records.get((run, task, decoding, problem))

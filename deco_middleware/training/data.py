@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from .._deps import require
 from ..errors import DecoError
+from ..jsonl import iter_jsonl
 from ..manifest import atomic_write_bytes
 from .grading import grade_reply, CORRECT_SCORE
 
@@ -236,31 +237,26 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str])
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read ``{"prompt", "completion"}`` records; a bad line fails naming the file and line number."""
+    """Read ``{"prompt", "completion"}`` records; a bad line fails naming the file and line number.
+
+    Blank lines are skipped and a byte-order mark is accepted (the rules of :mod:`deco_middleware.jsonl`).
+    """
     path = Path(path)
     if not path.is_file():
         raise TrainingDataError(f"No training data at {path}: expected a JSONL file of {{\"prompt\", \"completion\"}}.")
     records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            where = f"{path}, line {number}"
-            if not line.strip():
-                raise TrainingDataError(f"{where} is empty; every line must be one JSON object "
-                                        '{"prompt": ..., "completion": ...}. Remove blank lines.')
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TrainingDataError(f"{where} is not valid JSON ({error.msg} at column {error.colno}).") from error
-            if not isinstance(record, dict):
-                raise TrainingDataError(f"{where} must be a JSON object, got {type(record).__name__}.")
-            for key in ("prompt", "completion"):
-                value = record.get(key)
-                if not isinstance(value, str):
-                    got = "missing" if value is None else f"a {type(value).__name__}"
-                    raise TrainingDataError(f"{where}: `{key}` must be a string, but it is {got}.")
-            if not record["completion"].strip():
-                raise TrainingDataError(f"{where}: `completion` is empty; drop the line or give a completion.")
-            records.append(record)
+    for number, record in iter_jsonl(path, error=TrainingDataError):
+        where = f"{path}, line {number}"
+        if not isinstance(record, dict):
+            raise TrainingDataError(f"{where} must be a JSON object, got {type(record).__name__}.")
+        for key in ("prompt", "completion"):
+            value = record.get(key)
+            if not isinstance(value, str):
+                got = "missing" if value is None else f"a {type(value).__name__}"
+                raise TrainingDataError(f"{where}: `{key}` must be a string, but it is {got}.")
+        if not record["completion"].strip():
+            raise TrainingDataError(f"{where}: `completion` is empty; drop the line or give a completion.")
+        records.append(record)
     if not records:
         raise TrainingDataError(f"{path} holds no records; nothing to train on.")
     return records

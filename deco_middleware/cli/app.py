@@ -108,9 +108,16 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True)] = None,
 ) -> None:
     """deco: learned decoding middleware."""
+    from ..progress import reporting
+    from .progress import RichProgress
+
+    # Library progress (provisioning, export, sampling, caching, fitting) is drawn on stderr for the
+    # whole command, so stdout carries only the command's output (`--json` stays parseable).
+    ctx.with_resource(reporting(ctx.with_resource(RichProgress(console))))
 
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..heads.artifact import DEFAULT_PROVIDER, DecodingHeads, heads_for_identity
+from ..progress import report
 from ..sampling import DecodingSettings
 from .graph import EXPORT_INFO_NAME, ONNX_MODEL_NAME
 from .loop import OnnxGenerator, TokenEvent
@@ -24,23 +24,6 @@ def default_onnx_path() -> Path:
     return cache_root() / f"{DEFAULT_MODEL_NAME}{DEFAULT_ONNX_SUFFIX}"
 
 
-def _stage_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
-    """A progress display for export stages: a rich spinner when rich is installed, else stderr lines."""
-    try:
-        from rich.console import Console
-    except ImportError:
-        return (lambda message: print(f"[deco] {message}", file=sys.stderr, flush=True)), (lambda: None)
-    console = Console(stderr=True)
-    status = console.status("")
-    status.start()
-
-    def update(message: str) -> None:
-        console.log(f"[deco] {message}", highlight=False)
-        status.update(f"[bold]{message}")
-
-    return update, status.stop
-
-
 def ensure_default_onnx() -> Path:
     """The default model's ONNX export, created once (needs torch and ``optimum-onnx``) and cached.
 
@@ -50,17 +33,16 @@ def ensure_default_onnx() -> Path:
     path = default_onnx_path()
     if (path / EXPORT_INFO_NAME).is_file():
         return path
-    from ..default_model import DEFAULT_MODEL_NAME, ensure_default_model
+    from ..default_model import DEFAULT_MODEL_NAME, cache_lock, ensure_default_model
     from .export import export_lm
 
     source = ensure_default_model()
-    update, stop = _stage_printer()
-    try:
-        update(f"exporting {DEFAULT_MODEL_NAME} to ONNX once, into {path} (a few minutes)")
-        report = export_lm(source, path, name=DEFAULT_MODEL_NAME, overwrite=True, on_stage=update)
-        update(f"ONNX export ready: max |logits - torch| = {report.max_abs_diff_logits:.2e}")
-    finally:
-        stop()
+    with cache_lock(path.name):  # a second process waits, then finds the finished export
+        if (path / EXPORT_INFO_NAME).is_file():
+            return path
+        report(f"exporting {DEFAULT_MODEL_NAME} to ONNX once, into {path} (a few minutes)")
+        export = export_lm(source, path, name=DEFAULT_MODEL_NAME, overwrite=True, on_stage=lambda stage: report(stage))
+    report(f"ONNX export ready: max |logits - torch| = {export.max_abs_diff_logits:.2e}")
     return path
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from .._deps import require
 from ..manifest import BaseModelIdentity
+from ..progress import ProgressBar, ProgressCallback
 from .data import TrainingDataError
 
 META_NAME = "meta.json"
@@ -128,7 +129,7 @@ def build_cache(
     batch_size: int = 8,
     max_length: int = 1024,
     data_summary: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
     verify_tolerance: float = 2e-2,
 ) -> FeatureCache:
     """Run ``model`` once over ``records`` and write the cache folder ``directory``.
@@ -138,7 +139,6 @@ def build_cache(
     logits, e.g. soft-capping, fail here instead of training on the wrong distribution).
     """
     torch = require("torch", purpose="Caching training features")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..hf.identity import model_identity
 
@@ -193,9 +193,7 @@ def build_cache(
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         cursor = 0
         try:
-            with Progress(TextColumn("[bold]caching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          disable=not progress) as bar:
-                job = bar.add_task("cache", total=len(batches))
+            with ProgressBar("caching", len(batches), progress=progress) as bar:
                 for batch in batches:
                     rows = [encoded[i][1] + encoded[i][2] for i in batch]
                     length = max(len(r) for r in rows)
@@ -229,7 +227,7 @@ def build_cache(
                                 f"{verify['max_abs_diff']:.4g} (largest logit {verify['max_abs_logit']:.4g}): this "
                                 "model post-processes its logits, which the heads cannot reproduce from h @ W^T."
                             )
-                    bar.update(job, advance=1)
+                    bar.update(advance=1)
         finally:
             handle.remove()
         hidden_out.flush()

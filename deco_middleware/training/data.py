@@ -20,6 +20,7 @@ from .._deps import require
 from ..errors import DecoError
 from ..jsonl import iter_jsonl
 from ..manifest import atomic_write_bytes
+from ..progress import ProgressBar, ProgressCallback
 from .grading import grade_reply, CORRECT_SCORE
 
 # Easy configurations of the training tasks: a 135M model must solve them *sometimes* for
@@ -126,16 +127,15 @@ class SamplingConfig:
             raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
 
 
-def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool = True,
+def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool | ProgressCallback = True,
                      log: Callable[[str], None] | None = None, wrong_out: list[dict[str, Any]] | None = None
                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sample, grade and keep correct completions. Returns (records, summary with per-task yield).
 
     ``wrong_out``, when given, receives the distinct *wrong* samples as records too (``source``
     ``"sample-wrong"``), for the variant that trains on the model's own wrong samples as well.
+    ``progress`` gets the "sampling" bar: a callback, or ``True``/``False`` (:func:`deco_middleware.progress.resolve`).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ..engine import EngineStats, Static, derive_seed, iter_sample
 
     started = time.perf_counter()
@@ -153,9 +153,7 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
     stats = EngineStats()
     total_rows = len(problems) * len(config.temperatures) * config.samples_per_temperature
     done_rows = 0
-    with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), disable=not progress) as bar:
-        job = bar.add_task("sampling", total=total_rows, info="")
+    with ProgressBar("sampling", total_rows, progress=progress) as bar:
         for temperature in config.temperatures:
             # Every sample has its own generator seeded from (run seed, task, problem, T, k): a
             # sample does not depend on the batch it ran in, the other tasks, or max_rows.
@@ -180,7 +178,7 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
                 done_rows += len(completions)
                 elapsed = time.perf_counter() - started
                 info = f"T={temperature} {stats.generated_tokens / elapsed:.0f} tok/s"
-                bar.update(job, completed=done_rows, info=info)
+                bar.update(completed=done_rows, info=info)
                 if log is not None and (done_rows % max(1, config.batch_size) < len(completions) or done_rows == total_rows):
                     found_correct = sum(y.correct_samples for y in yields.values())
                     log(f"{done_rows}/{total_rows} samples, {info}, correct so far {found_correct} ({elapsed:.0f} s)")

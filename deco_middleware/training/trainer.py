@@ -18,6 +18,7 @@ import numpy as np
 
 from .._deps import require
 from ..manifest import atomic_write_bytes
+from ..progress import ProgressBar, ProgressCallback
 from .cache import FeatureCache
 from .data import TrainingDataError
 from .loss import LossConfig, autodeco_loss, hard_nucleus_from_logits
@@ -173,13 +174,11 @@ def fit(
     work_dir: str | Path | None = None,
     resume: bool = True,
     stop_after: int | None = None,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train heads on ``cache``. With ``work_dir`` a checkpoint is kept there and, with ``resume``,
     picked up again. ``stop_after`` ends the run after that many steps (for tests of resuming)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from ..heads.modules import AutoDecoHeads
 
     train_idx, val_idx = split_tokens(cache, config.validation_fraction, config.seed, config.sources)
@@ -217,11 +216,8 @@ def fit(
 
     started = time.perf_counter()
     trained_tokens = 0
-    columns = (TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     try:
-        with Progress(*columns, disable=not progress) as bar:
-            job = bar.add_task("fit", total=total_steps, completed=step, info="")
+        with ProgressBar("training", total_steps, step, progress=progress) as bar:
             permutation_epoch, permutation = -1, None
             while step < total_steps:
                 epoch, offset = divmod(step, steps_per_epoch)
@@ -246,7 +242,7 @@ def fit(
                 history.append(record)
                 if on_log is not None:
                     on_log(record)
-                bar.update(job, advance=1, info=f"loss {record['loss']:.4f} T {record['temperature_mean']:.3f} "
+                bar.update(advance=1, info=f"loss {record['loss']:.4f} T {record['temperature_mean']:.3f} "
                                                f"P {record['top_p_mean']:.3f}")
                 if checkpoint is not None and (step % config.checkpoint_every == 0 or step == total_steps):
                     _save_checkpoint(checkpoint, heads, optimizer, step, config, history, validation_before)

@@ -45,14 +45,18 @@ def is_transformers_available() -> bool:
     return is_available("transformers")
 
 
-def require(module: str, *, purpose: str) -> ModuleType:
-    """Import ``module`` or fail with the ``pip install`` line that brings it."""
+def require(module: str, *, purpose: str, extra: str | None = None) -> ModuleType:
+    """Import ``module`` or fail with the ``pip install`` line that brings it.
+
+    ``extra`` names the extra to suggest when the feature needs a larger one than the module's own
+    (the Optimum backend needs ``[ort]``, which brings torch too, not just ``[torch]``).
+    """
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        extra = _EXTRA_FOR_MODULE.get(module.split(".")[0], module)
+        extra = extra or _EXTRA_FOR_MODULE.get(module.split(".")[0], module)
         hint = f"pip install 'deco-middleware[{extra}]'"
-        if extra == "torch":
+        if extra in ("torch", "ort"):  # both bring torch: pin it first, or pip pulls a multi-GB CUDA build
             hint = "pip install torch==2.13.0 && " + hint
         raise MissingDependencyError(
             f"{purpose} needs `{module}`, which is not installed ({error}). Install it with: {hint}"

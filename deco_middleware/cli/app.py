@@ -7,14 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import DecoError
 from ..heads.artifact import DecodingHeads, heads_for_identity, list_shipped_heads, resolve_heads_path
 from ..manifest import MANIFEST_NAME, HeadManifest
 from .strategies import parse_strategy
 
-app = typer.Typer(help="Learned per-token temperature and top-p for Hugging Face generation.", no_args_is_help=True)
-console = Console(stderr=True)
+# rich_markup_mode=None: click's plain help wraps long option names; rich's panels cut them at 80
+# columns ("--validation-f…") and read brackets in help texts as markup.
+app = typer.Typer(help="Learned per-token temperature and top-p for Hugging Face generation.", no_args_is_help=True,
+                  rich_markup_mode=None)
+# markup=False: messages carry library and user text such as `pip install 'deco-middleware[ort]'`,
+# whose brackets rich would read as markup and drop. Styling is applied with Text, never markup.
+console = Console(stderr=True, markup=False)
 
 
 # Options shared by every command that loads a model and heads: one definition, one help text.
@@ -26,7 +32,7 @@ TopPScaleOption = Annotated[float, typer.Option(help="P_final = clamp(P_pred * s
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(2)
 
 
@@ -78,7 +84,7 @@ def generate(
     elif show:
         from ..viz import TraceDocument, print_trace
 
-        print_trace(TraceDocument.from_generation(result, prompt=prompt), Console())
+        print_trace(TraceDocument.from_generation(result, prompt=prompt), Console(markup=False))
     else:
         typer.echo(result["text"])
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .._deps import require
 from ..errors import DecoError
 from .app import _fail, app, console
 
@@ -24,10 +25,12 @@ class _RichProgress:
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
         self.display = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[speed]}"), console=console,
+            # Task specs and file names can be long: wrap them, never cut them at the terminal width.
+            TextColumn("{task.description}", markup=False, table_column=Column(overflow="fold")), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[speed]}", markup=False), console=console,
         )
         self._tokens: dict[Any, tuple[int, float]] = {}
 
@@ -89,6 +92,8 @@ def evaluate(
         top_p_grid = _grid("--oracle-top-ps", oracle_top_ps, ORACLE_TOP_PS, high=1.0)
         if dtype not in ("bfloat16", "float32"):
             raise ValueError(f"--dtype {dtype!r}: use bfloat16 or float32.")
+        if plot is not None:  # before the whole evaluation runs, not after
+            require("matplotlib", purpose="`deco eval --plot`")
         strategies = [parse_eval_strategy(name) for name in strategy]
         tasks = [load_task(spec, limit=limit) for spec in task]
     except (DecoError, ValueError) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from ..errors import DecoError
 from .app import _fail, app, console
@@ -30,7 +31,7 @@ def export_lm_command(
 
             def stage(message: str) -> None:
                 console.log(message, highlight=False)
-                status.update(f"[bold]{message}")
+                status.update(Text(message, style="bold"))
 
             report = export_lm(model, out, name=name, atol=atol, overwrite=overwrite, on_stage=stage)
     except (DecoError, ValueError, FileNotFoundError, FileExistsError) as error:

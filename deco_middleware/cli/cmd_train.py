@@ -13,7 +13,7 @@ from ..errors import DecoError
 from .app import _fail, app, console
 
 train_app = typer.Typer(help="Train decoding heads for a causal LM on this machine (each stage runs alone too).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
 
 ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")]

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 from rich.text import Text
 
 from ..progress import ProgressEvent
@@ -21,7 +22,8 @@ class RichProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.display = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        self.display = Progress(TextColumn("{task.description}", markup=False, table_column=Column(overflow="fold")),
+                                BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False), console=console,
                                 disable=not console.is_terminal)
         self._bars: dict[str, Any] = {}

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._deps import require
 from ..heads.artifact import DEFAULT_PROVIDER, DecodingHeads, heads_for_identity
 from ..progress import report
 from ..sampling import DecodingSettings
@@ -36,6 +37,9 @@ def ensure_default_onnx() -> Path:
     from ..default_model import DEFAULT_MODEL_NAME, cache_lock, ensure_default_model
     from .export import export_lm
 
+    # Check what the export needs before minutes of provisioning and converting the default model.
+    require("optimum.exporters.onnx", purpose=f"Exporting {DEFAULT_MODEL_NAME} to ONNX once (`--backend ort`)")
+    require("torch", purpose=f"Exporting {DEFAULT_MODEL_NAME} to ONNX once (`--backend ort`)", extra="ort")
     source = ensure_default_model()
     with cache_lock(path.name):  # a second process waits, then finds the finished export
         if (path / EXPORT_INFO_NAME).is_file():
@@ -75,7 +79,7 @@ def load_model_ort(
     ``default`` exports the default model once and caches it. Needs ``deco-middleware[ort]``.
     """
     from .compat import load_tokenizer
-    from .optimum_model import ORTModelForCausalLMWithHiddenStates
+    from .optimum_model import ORTModelForCausalLMWithHiddenStates  # checks for the `ort` extra first
 
     path = resolve_onnx_model(name_or_path)
     directory = path if path.is_dir() else path.parent

@@ -9,9 +9,10 @@ from .colors import TEMPERATURE_STOPS, TOP_P_STOPS, hex_color, temperature_rgb, 
 from .document import TraceDocument, visible_control_characters
 
 _LEGEND_STEPS = 9
-# rich's colour systems with at least 256 colours show the light tints; "standard" (8/16 colours)
-# maps every tint to white, so the reply would be black on white with nothing to read from it.
-_RICH_PALETTES = ("256", "truecolor", "windows")
+# rich's "standard" and legacy "windows" colour systems have 8/16 colours: every light tint maps to
+# white, so the reply would be black on white with nothing to read from it. (None, no colour at
+# all, drops every style anyway and keeps the plain legend.)
+_FEW_COLOURS = ("standard", "windows")
 
 
 def _few_colour_style(value: float, color_by: str) -> str:
@@ -47,10 +48,10 @@ def trace_text(doc: TraceDocument, *, color_by: str = "temperature", color_syste
     to_rgb = temperature_rgb if color_by == "temperature" else top_p_rgb
     text = rich_text.Text()
     for token, piece, value, fallback in zip(doc.tokens, doc.pieces, values, doc.fallback):
-        if color_system in _RICH_PALETTES:
-            style = f"black on {hex_color(to_rgb(value))}"
-        else:
+        if color_system in _FEW_COLOURS:
             style = _few_colour_style(value, color_by)
+        else:
+            style = f"black on {hex_color(to_rgb(value))}"
         if not token:
             style += " dim"
         if fallback:
@@ -67,7 +68,7 @@ def legend_text(*, color_by: str = "temperature", color_system: str | None = "tr
     else:
         stops, to_rgb, title, low, high = TOP_P_STOPS, top_p_rgb, "top-p", "0", "1"
     start, end = stops[0][0], stops[-1][0]
-    if color_system not in _RICH_PALETTES:
+    if color_system in _FEW_COLOURS:
         if color_by == "temperature":
             bands = (("< 0.25", 0.0), ("< 0.75", 0.5), ("about 1", 1.0), ("> 1.25", 1.5), ("> 1.75", 2.0))
         else:

@@ -43,5 +43,9 @@ class UnsupportedGenerationModeError(DecoError, RuntimeError):
     """The generation mode (beam search, assisted decoding, ...) cannot use learned decoding."""
 
 
+class PromptTooLongError(DecoError, ValueError):
+    """A prompt plus the tokens asked for does not fit the model's context window."""
+
+
 class ModelProvisioningError(DecoError, RuntimeError):
     """The embedded default model could not be found in the cache nor fetched from the registry."""

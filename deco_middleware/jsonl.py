@@ -66,4 +66,30 @@ def iter_jsonl(
             on_bad_line(number, reason)
 
 
-__all__ = ["iter_jsonl"]
+def read_json_object(path: str | os.PathLike[str], *, error: Callable[[str], DecoError], fix: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a small metadata file), by the same rules as :func:`iter_jsonl`.
+
+    Anything else (unreadable, bad UTF-8 or JSON, a list instead of an object) raises ``error`` with
+    the file name and ``fix``, the sentence that tells the user what to do.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as bad:
+        raise error(f"Cannot read {path} ({bad.strerror or bad}). {fix}") from None
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as bad:
+        raise error(f"{path} is not valid UTF-8 (byte 0x{raw[bad.start]:02x} at offset {bad.start}). {fix}") from None
+    except json.JSONDecodeError as bad:
+        raise error(f"{path} is not valid JSON ({bad.msg} at line {bad.lineno}, column {bad.colno}). {fix}") from None
+    except (RecursionError, ValueError) as bad:
+        raise error(f"{path} is not readable JSON ({type(bad).__name__}). {fix}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} must hold a JSON object, but it holds a {type(value).__name__}. {fix}")
+    return value
+
+
+__all__ = ["iter_jsonl", "read_json_object"]

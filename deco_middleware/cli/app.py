@@ -29,6 +29,10 @@ ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M
 HeadsOption = Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")]
 TemperatureScaleOption = Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")]
 TopPScaleOption = Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")]
+# One range for every command: torch seeds take at most 64 bits, and the fit derives per-epoch
+# seeds as seed * 1_000_003 + epoch; 2**70 used to overflow with a raw traceback.
+MAX_SEED = 2**32 - 1
+SeedOption = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed, 0 to 4294967295.")]
 
 
 def _fail(message: str) -> None:
@@ -50,7 +54,7 @@ def generate(
     heads: HeadsOption = "default",
     strategy: Annotated[str, typer.Option(help="autodeco | greedy | static:T,P")] = "autodeco",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOption = 0,
     temperature_scale: TemperatureScaleOption = 1.0,
     top_p_scale: TopPScaleOption = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,

@@ -13,4 +13,8 @@ class UnknownStrategyError(DecoError, ValueError):
     """A strategy name is not one the harness knows."""
 
 
-__all__ = ["TaskSpecError", "UnknownStrategyError"]
+class ResultCacheError(DecoError, ValueError):
+    """The ``--cache`` file of finished problems cannot be used (a folder, not writable)."""
+
+
+__all__ = ["ResultCacheError", "TaskSpecError", "UnknownStrategyError"]

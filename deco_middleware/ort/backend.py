@@ -111,6 +111,7 @@ def generate_text_ort(
     for the same seed; greedy output is the same up to float rounding.
     """
     from ..cli.strategies import parse_strategy
+    from ..generation import check_prompt_fits, model_context
 
     chosen = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     lm = model if isinstance(model, OnnxCausalLM) else OnnxCausalLM(resolve_onnx_model(model), provider=provider)
@@ -125,8 +126,10 @@ def generate_text_ort(
     else:
         # Without heads the predictions are T = P = 1, so the scales are the static values.
         generator = OnnxGenerator(lm, None, DecodingSettings(temperature_scale=chosen.temperature, top_p_scale=chosen.top_p))
+    prompt_ids = tokenizer.encode_chat(prompt)
+    check_prompt_fits(len(prompt_ids), max_new_tokens, model_context(lm.config))
     result = generator.generate(
-        [tokenizer.encode_chat(prompt)], max_new_tokens=max_new_tokens, seed=seed,
+        [prompt_ids], max_new_tokens=max_new_tokens, seed=seed,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         stop_strings=stop_strings, decode=tokenizer.decode, on_token=on_token,
     )

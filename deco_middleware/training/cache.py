@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
+from ..jsonl import read_json_object
 from ..manifest import BaseModelIdentity
 from ..progress import ProgressBar, ProgressCallback
 from .data import TrainingDataError
@@ -77,15 +78,25 @@ class FeatureCache:
         meta_path = directory / META_NAME
         if not meta_path.is_file():
             raise CacheError(f"No feature cache at {directory} (no {META_NAME}). Build one with `deco train cache`.")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        rebuild = "Rebuild the cache with `deco train cache`."
+        meta = read_json_object(meta_path, error=CacheError, fix=rebuild)
         if meta.get("format") != CACHE_FORMAT:
             raise CacheError(f"{directory} has cache format {meta.get('format')!r}; this version reads {CACHE_FORMAT}. "
                              "Rebuild it with `deco train cache`.")
-        load = lambda name: np.load(directory / name, mmap_mode="r")  # noqa: E731
+
+        def load(name: str) -> np.ndarray:
+            # An empty or truncated file raises EOFError, which the CLI would report as just "Aborted."
+            try:
+                return np.load(directory / name, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                raise CacheError(f"{directory / name} is unreadable ({type(error).__name__}: {error}). {rebuild}") from None
+
         bias = load("lm_head_bias.npy") if (directory / "lm_head_bias.npy").is_file() else None
         cache = cls(directory, load("hidden.npy"), load("labels.npy"), load("sequence.npy"), load("lm_head.npy"),
                     bias, meta)
-        if cache.hidden.shape[0] != cache.labels.shape[0] or cache.hidden.shape[1] != cache.lm_head.shape[1]:
+        if (cache.hidden.ndim != 2 or cache.labels.ndim != 1 or cache.lm_head.ndim != 2
+                or cache.sequence.shape != cache.labels.shape
+                or cache.hidden.shape[0] != cache.labels.shape[0] or cache.hidden.shape[1] != cache.lm_head.shape[1]):
             raise CacheError(f"{directory} is inconsistent: hidden {cache.hidden.shape}, labels {cache.labels.shape}, "
                              f"lm_head {cache.lm_head.shape}. Rebuild it with `deco train cache`.")
         return cache

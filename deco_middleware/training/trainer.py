@@ -167,6 +167,23 @@ def _save_checkpoint(path: Path, heads: Any, optimizer: Any, step: int, config: 
     atomic_write_bytes(path, buffer.getvalue())
 
 
+_CHECKPOINT_KEYS = ("config", "heads", "optimizer", "step", "history", "validation_before")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """The saved training state, or a clear error: an empty file raises EOFError (which the CLI
+    reported as just "Aborted."), a corrupt one an unpickling or zip error."""
+    fix = "Delete it, or pass `--no-resume`, to start over."
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, zip errors, ...
+        raise TrainingDataError(f"The checkpoint {path} is unreadable ({type(error).__name__}: {error}). {fix}") from None
+    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise TrainingDataError(f"The checkpoint {path} lacks {', '.join(missing)}: it was not written by `deco train fit`. {fix}")
+    return state
+
+
 def fit(
     cache: FeatureCache,
     config: TrainConfig,
@@ -202,7 +219,7 @@ def fit(
     validation_before: dict[str, float] = {}
     checkpoint = Path(work_dir) / CHECKPOINT_NAME if work_dir is not None else None
     if checkpoint is not None and resume and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)
+        state = _load_checkpoint(checkpoint)
         if state["config"] != config.as_dict():
             raise ValueError(
                 f"The checkpoint {checkpoint} was written with different settings; pass the same settings to resume, "

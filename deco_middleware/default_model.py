@@ -188,9 +188,9 @@ def _provision(path: Path) -> None:
 def load_model(name_or_path: str = "default", *, dtype: Any = None, progress_bar: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``"default"`` (the embedded SmolLM2) or a local model folder.
 
-    float32 by default: on CPUs without native bf16 (AVX2 only, like our 2-core AMD EPYC CI
-    machine) bf16 matmuls are emulated and one forward pass of 8x60 tokens measured 2.4x slower
-    than float32. Pass ``dtype=torch.bfloat16`` where the CPU has AVX512-BF16/AMX.
+    float32 by default, for exactness rather than speed (the README's "Limitations" section has the
+    measured bf16/float32 ratio and ``benchmarks/dtype_forward.py`` to measure it on your CPU).
+    transformers' "Loading weights" bar is hidden unless ``progress_bar=True``.
     """
     torch = require("torch", purpose="Loading a model")
     path = ensure_default_model() if name_or_path == "default" else Path(name_or_path)

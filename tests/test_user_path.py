@@ -154,3 +154,22 @@ def test_png_axis_stops_just_above_one_when_nothing_exceeds_it():
     low = type(doc).from_dict({**doc.to_dict(), "temperature": [min(t, 0.9) for t in doc.temperature]})
     assert y_axis_top([low]) == pytest.approx(1.05)
     assert y_axis_top([doc]) == pytest.approx(max(1.0, *doc.temperature, *doc.top_p) * 1.05)
+
+
+def test_bf16_speed_is_stated_once_with_its_measurement():
+    """README, `load_model` and `deco eval --help` used to say "2.4x slower" and "3.5x faster": one
+    measured statement now lives in the README, and the others point to it and to the script."""
+    import re
+    from pathlib import Path
+
+    from deco_middleware.default_model import load_model
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    help_text = _one_line(runner.invoke(app, ["eval", "--help"], terminal_width=200).stdout)
+    claims = re.compile(r"\d+(\.\d+)?x (slower|faster)")
+    dtype_lines = [line for line in readme.splitlines() if "bf16" in line or "bfloat16" in line]
+    for text in (*dtype_lines, load_model.__doc__ or "", help_text):
+        assert not claims.search(text), text
+    assert "took 0.52x the\n  float32 time in bf16" in readme and (root / "benchmarks" / "dtype_forward.py").is_file()
+    assert "benchmarks/dtype_forward.py" in help_text and "Limitations" in (load_model.__doc__ or "")

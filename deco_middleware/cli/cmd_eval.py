@@ -68,7 +68,8 @@ def evaluate(
         "deco-eval-cache.jsonl"
     ),
     dtype: Annotated[str, typer.Option(
-        help="Model weights: float32 (load_model's default; 3.5x faster than bfloat16 on CPUs without AVX-512 BF16) or bfloat16.")] = "float32",
+        help="Model weights: float32 (load_model's default, exact) or bfloat16 (faster only on CPUs with native "
+        "bf16; see benchmarks/dtype_forward.py).")] = "float32",
     oracle_temperatures: Annotated[Optional[str], typer.Option(
         help="Comma-separated T grid of `oracle` (default 0.1,0.2,...,1.5).")] = None,
     oracle_top_ps: Annotated[Optional[str], typer.Option(

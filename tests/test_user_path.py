@@ -173,3 +173,17 @@ def test_bf16_speed_is_stated_once_with_its_measurement():
         assert not claims.search(text), text
     assert "took 0.52x the\n  float32 time in bf16" in readme and (root / "benchmarks" / "dtype_forward.py").is_file()
     assert "benchmarks/dtype_forward.py" in help_text and "Limitations" in (load_model.__doc__ or "")
+
+
+@pytest.mark.parametrize(("command", "blocked", "extra"), [
+    (["train", "data", "--out", "{tmp}/d.jsonl"], "reasoning_gym", "train"),
+    (["export-lm", "default", "{tmp}/onnx"], "optimum", "ort"),
+])
+def test_commands_name_their_extra_before_loading_anything(command, blocked, extra, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECO_MODEL_CACHE", str(tmp_path / "cache"))
+    calls = _refuse_loading(monkeypatch)
+    monkeypatch.setattr("deco_middleware.default_model.ensure_default_model", lambda: calls.append("provision") or 1 / 0)
+    _block(monkeypatch, blocked)
+    result = runner.invoke(app, [part.format(tmp=tmp_path) for part in command])
+    assert result.exit_code == 2, result.output
+    assert f"pip install 'deco-middleware[{extra}]'" in _one_line(result.stderr) and calls == []

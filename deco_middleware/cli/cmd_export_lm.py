@@ -20,8 +20,11 @@ def export_lm_command(
 ) -> None:
     """Export MODEL through Optimum with KV cache and a `last_hidden_state` output, validated against torch."""
     try:
+        from .._deps import require
         from ..ort.export import export_lm
 
+        # Before the default model is provisioned (minutes), not after.
+        require("optimum.exporters.onnx", purpose="`deco export-lm`")
         name = None
         if model == "default":
             from ..default_model import DEFAULT_MODEL_NAME, ensure_default_model

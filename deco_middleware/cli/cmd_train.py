@@ -59,8 +59,10 @@ def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperat
               samples_per_temperature: int, max_new_tokens: int, batch_size: int, seed: int, unsolved: str,
               loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None
               ) -> tuple[Path, dict[str, Any], Any]:
+    from .._deps import require
     from ..training import SamplingConfig, rejection_sample, write_jsonl
 
+    require("reasoning_gym", purpose="`deco train data` (training prompts)")  # before the model loads
     config = SamplingConfig(
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), prompts_per_task=prompts_per_task,
         temperatures=_floats(temperatures, "--temperatures"), samples_per_temperature=samples_per_temperature,

@@ -88,3 +88,19 @@ def test_first_run_json_on_an_empty_cache_is_pure_json(tmp_path):
     assert 1 <= len(payload["token_ids"]) <= 4
     assert "extracting GGUF" in out.stderr and "default model ready" in out.stderr
     assert "Loading weights" not in out.stderr  # transformers' own bar is silenced in our loaders
+
+
+def test_load_model_hides_the_loading_weights_bar_unless_asked(tmp_path, tiny_model, tiny_tokenizer, capfd):
+    from deco_middleware.default_model import load_model
+
+    tiny_model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
+    load_model(str(tmp_path))
+    quiet = capfd.readouterr()
+    load_model(str(tmp_path), progress_bar=True)
+    shown = capfd.readouterr()
+    assert "Loading weights" not in quiet.err + quiet.out
+    transformers = pytest.importorskip("transformers")
+    if int(transformers.__version__.split(".")[0]) >= 5:  # 4.57 draws no such bar for one-file models
+        assert "Loading weights" in shown.err

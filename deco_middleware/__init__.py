@@ -7,8 +7,7 @@ first use and tell you which extra to install when they are missing.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ._deps import lazy_attributes
 from ._version import __version__
 from .errors import (
     DecoError,
@@ -79,11 +78,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'deco_middleware' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

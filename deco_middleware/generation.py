@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._deps import require
+from .errors import PromptTooLongError
 from .strategies import Strategy, parse_strategy
 
 
@@ -13,6 +14,37 @@ def chat_texts(tokenizer: Any, prompts: list[str]) -> tuple[list[str], bool]:
     from .hf.chat import chat_texts as texts
 
     return texts(tokenizer, prompts)
+
+
+def check_prompt_fits(prompt_tokens: int, max_new_tokens: int, context: int | None, *, what: str = "The prompt") -> None:
+    """Refuse a prompt that, with ``max_new_tokens`` more, exceeds the model's ``context`` positions.
+
+    Past its context a model still produces tokens, from positions it was never trained on; the
+    output degrades without a word, so the request is refused up front (``context=None``: unknown, not checked).
+    """
+    if context is not None and prompt_tokens + max_new_tokens > context:
+        raise PromptTooLongError(
+            f"{what} is {prompt_tokens} tokens (chat template included) and `max_new_tokens` asks for {max_new_tokens} "
+            f"more, but the model's context holds {context} positions. Shorten the prompt or lower `max_new_tokens` "
+            f"to at most {max(context - prompt_tokens, 0)}."
+        )
+
+
+def model_context(model: Any) -> int | None:
+    """The number of positions the model was built for (``max_position_embeddings``), if it says."""
+    config = getattr(model, "config", model)
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_prompts_fit(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, names: list[str]) -> None:
+    """:func:`check_prompt_fits` for each of ``prompts`` through the chat template; ``names`` say which."""
+    context = model_context(model)
+    if context is None:
+        return
+    texts, templated = chat_texts(tokenizer, prompts)
+    for name, ids in zip(names, tokenizer(texts, add_special_tokens=not templated)["input_ids"]):
+        check_prompt_fits(len(ids), max_new_tokens, context, what=name)
 
 
 def chat_inputs(tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
@@ -54,6 +86,7 @@ def generate_text(
     if isinstance(model, str):
         model, tokenizer = load_model(model)
     inputs = inputs_for(tokenizer, [prompt])
+    check_prompt_fits(int(inputs["input_ids"].shape[1]), max_new_tokens, model_context(model))
     heads_name = None
     if strategy.learned:
         loaded = heads_for_model(heads, model)

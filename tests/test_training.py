@@ -253,8 +253,7 @@ def test_cache_is_written_atomically_and_refuses_data_without_completion_tokens(
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        (['{"prompt": "a", "completion": "b"}', ""], "line 2 is empty"),
-        (['{"prompt": "a", "completion": "b"}', "{not json"], "line 2 is not valid JSON"),
+        (['{"prompt": "a", "completion": "b"}', "{not json"], "line 2: not valid JSON"),
         (['{"prompt": "a"}'], "line 1: `completion` must be a string, but it is missing"),
         (['{"prompt": "a", "completion": 3}'], "line 1: `completion` must be a string, but it is a int"),
         (['["a", "b"]'], "line 1 must be a JSON object"),
@@ -265,6 +264,17 @@ def test_bad_jsonl_lines_are_named(tmp_path, lines, message):
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(TrainingDataError, match=message):
+        read_jsonl(path)
+
+
+def test_training_jsonl_follows_the_shared_reader_rules(tmp_path):
+    # One reader for every JSONL file (deco_middleware.jsonl): blank lines are skipped (they used to
+    # fail here while task files skipped them), a byte-order mark is accepted, bad UTF-8 names the line.
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\n\n  \n{"prompt": "c", "completion": "d"}\n')
+    assert [r["prompt"] for r in read_jsonl(path)] == ["a", "c"]
+    path.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xff"}\n')
+    with pytest.raises(TrainingDataError, match=r"data.jsonl, line 2: not valid UTF-8 \(byte 0xff at column 13\)"):
         read_jsonl(path)
 
 

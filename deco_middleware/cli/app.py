@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import DecoError
 from ..heads.artifact import list_shipped_heads, resolve_heads_path
@@ -14,8 +15,13 @@ from ..heads.select import heads_for_model  # noqa: F401  (the cmd_* modules imp
 from ..manifest import MANIFEST_NAME, HeadManifest
 from ..strategies import parse_strategy
 
-app = typer.Typer(help="Learned per-token temperature and top-p for Hugging Face generation.", no_args_is_help=True)
-console = Console(stderr=True)
+# rich_markup_mode=None: click's plain help wraps long option names; rich's panels cut them at 80
+# columns ("--validation-f…") and read brackets in help texts as markup.
+app = typer.Typer(help="Learned per-token temperature and top-p for Hugging Face generation.", no_args_is_help=True,
+                  rich_markup_mode=None)
+# markup=False: messages carry library and user text such as `pip install 'deco-middleware[ort]'`,
+# whose brackets rich would read as markup and drop. Styling is applied with Text, never markup.
+console = Console(stderr=True, markup=False)
 
 
 # Options shared by every command that loads a model and heads: one definition, one help text.
@@ -24,10 +30,14 @@ ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M
 HeadsOption = Annotated[str, typer.Option(help="`default` (shipped heads for the model), a shipped name, or a path.")]
 TemperatureScaleOption = Annotated[float, typer.Option(help="T_final = T_pred * scale; 0 = greedy.")]
 TopPScaleOption = Annotated[float, typer.Option(help="P_final = clamp(P_pred * scale, 0, 1).")]
+# One range for every command: torch seeds take at most 64 bits, and the fit derives per-epoch
+# seeds as seed * 1_000_003 + epoch; 2**70 used to overflow with a raw traceback.
+MAX_SEED = 2**32 - 1
+SeedOption = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed, 0 to 4294967295.")]
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(2)
 
 
@@ -38,7 +48,7 @@ def generate(
     heads: HeadsOption = "default",
     strategy: Annotated[str, typer.Option(help="autodeco | greedy | static:T,P | default | edt[:T0,N,theta] | min-p:X | autodeco-t | autodeco-p | autodeco@S")] = "autodeco",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOption = 0,
     temperature_scale: TemperatureScaleOption = 1.0,
     top_p_scale: TopPScaleOption = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,
@@ -72,7 +82,7 @@ def generate(
     elif show:
         from ..viz import TraceDocument, print_trace
 
-        print_trace(TraceDocument.from_generation(result, prompt=prompt), Console())
+        print_trace(TraceDocument.from_generation(result, prompt=prompt), Console(markup=False))
     else:
         typer.echo(result["text"])
 
@@ -102,9 +112,16 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True)] = None,
 ) -> None:
     """deco: learned decoding middleware."""
+    from ..progress import reporting
+    from .progress import RichProgress
+
+    # Library progress (provisioning, export, sampling, caching, fitting) is drawn on stderr for the
+    # whole command, so stdout carries only the command's output (`--json` stays parseable).
+    ctx.with_resource(reporting(ctx.with_resource(RichProgress(console))))
 
 
 

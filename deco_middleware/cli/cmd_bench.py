@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 
 from ..bench import BACKENDS as BACKEND_CHOICES
 from ..errors import DecoError
@@ -88,7 +89,7 @@ def bench(
             if reason:
                 skipped[name] = reason
                 chosen.remove(name)
-                console.print(f"[yellow]skipping the {name} backend:[/] {reason}", highlight=False)
+                console.print(Text.assemble((f"skipping the {name} backend:", "yellow"), " ", reason), highlight=False)
     try:
         lm = tokenizer = ort_lm = ort_tokenizer = optimum_model = optimum_tokenizer = loaded = None
         if "torch" in chosen:
@@ -111,7 +112,7 @@ def bench(
         result = run_bench(lm, tokenizer, loaded, batch_sizes=sizes, new_tokens=new_tokens, repeats=repeats,
                            ort_lm=ort_lm, ort_tokenizer=ort_tokenizer, optimum_model=optimum_model,
                            optimum_tokenizer=optimum_tokenizer, skipped=skipped,
-                           progress=lambda message: console.print(f"[dim]{message}[/]"))
+                           progress=lambda message: console.print(message, style="dim"))
     except (DecoError, FileNotFoundError) as error:
         _fail(str(error))
         return

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .._deps import require
 from ..errors import DecoError
-from .app import _fail, app, console
+from .app import MAX_SEED, _fail, app, console
 
 _STRATEGY_HELP = "Repeatable. greedy | default | static:T,P | oracle | mean-static | edt[:T0,N,theta] | min-p:X | autodeco | autodeco-t | autodeco-p"
 _TASK_HELP = (
@@ -24,10 +25,12 @@ class _RichProgress:
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
         self.display = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[speed]}"), console=console,
+            # Task specs and file names can be long: wrap them, never cut them at the terminal width.
+            TextColumn("{task.description}", markup=False, table_column=Column(overflow="fold")), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[speed]}", markup=False), console=console,
         )
         self._tokens: dict[Any, tuple[int, float]] = {}
 
@@ -53,7 +56,7 @@ def evaluate(
     strategy: Annotated[list[str], typer.Option("--strategy", help=_STRATEGY_HELP)],
     samples: Annotated[int, typer.Option(min=1, help="K samples per problem (greedy uses one).")] = 4,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Problems per task (rg tasks: default 100).")] = None,
-    seed: Annotated[int, typer.Option(help="Run seed; every sample has its own generator derived from it.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Run seed; every sample has its own generator derived from it.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows (problem x sample) decoded together (prompts are prefilled once per problem).")] = 256,
     model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")] = "default",
@@ -65,7 +68,8 @@ def evaluate(
         "deco-eval-cache.jsonl"
     ),
     dtype: Annotated[str, typer.Option(
-        help="Model weights: float32 (load_model's default; 3.5x faster than bfloat16 on CPUs without AVX-512 BF16) or bfloat16.")] = "float32",
+        help="Model weights: float32 (load_model's default, exact) or bfloat16 (faster only on CPUs with native "
+        "bf16; see benchmarks/dtype_forward.py).")] = "float32",
     oracle_temperatures: Annotated[Optional[str], typer.Option(
         help="Comma-separated T grid of `oracle` (default 0.1,0.2,...,1.5).")] = None,
     oracle_top_ps: Annotated[Optional[str], typer.Option(
@@ -89,25 +93,33 @@ def evaluate(
         top_p_grid = _grid("--oracle-top-ps", oracle_top_ps, ORACLE_TOP_PS, high=1.0)
         if dtype not in ("bfloat16", "float32"):
             raise ValueError(f"--dtype {dtype!r}: use bfloat16 or float32.")
+        if plot is not None:  # before the whole evaluation runs, not after
+            require("matplotlib", purpose="`deco eval --plot`")
         strategies = [parse_eval_strategy(name) for name in strategy]
         tasks = [load_task(spec, limit=limit) for spec in task]
+        from ..evaluation.cache import ResultCache
+
+        result_cache = ResultCache(cache)  # a folder or unwritable path fails here, before the model loads
     except (DecoError, ValueError) as error:
         _fail(str(error))
         return
     try:
         from ..default_model import load_model
-        from ..evaluation.cache import ResultCache
         from ..evaluation.runner import EvaluationRunner
 
         import torch
 
         loaded_model, tokenizer = load_model(model, dtype=getattr(torch, dtype))
+        from ..generation import check_prompts_fit
+
+        for loaded_task in tasks:  # before any generation: one long prompt would otherwise degrade silently
+            check_prompts_fit(loaded_model, tokenizer, [p.prompt for p in loaded_task.problems], max_new_tokens,
+                              [f"Task {loaded_task.spec!r}, problem {p.id}" for p in loaded_task.problems])
         loaded_heads = None
         if any(s.needs_heads for s in strategies):
             from .app import heads_for_model
 
             loaded_heads = heads_for_model(heads, loaded_model)
-        result_cache = ResultCache(cache)
         progress = _RichProgress()
         runner = EvaluationRunner(
             loaded_model, tokenizer, heads=loaded_heads, samples=samples, seed=seed, max_new_tokens=max_new_tokens,

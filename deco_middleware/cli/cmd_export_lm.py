@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from ..errors import DecoError
 from .app import _fail, app, console
@@ -19,8 +20,11 @@ def export_lm_command(
 ) -> None:
     """Export MODEL through Optimum with KV cache and a `last_hidden_state` output, validated against torch."""
     try:
+        from .._deps import require
         from ..ort.export import export_lm
 
+        # Before the default model is provisioned (minutes), not after.
+        require("optimum.exporters.onnx", purpose="`deco export-lm`")
         name = None
         if model == "default":
             from ..default_model import DEFAULT_MODEL_NAME, ensure_default_model
@@ -30,7 +34,7 @@ def export_lm_command(
 
             def stage(message: str) -> None:
                 console.log(message, highlight=False)
-                status.update(f"[bold]{message}")
+                status.update(Text(message, style="bold"))
 
             report = export_lm(model, out, name=name, atol=atol, overwrite=overwrite, on_stage=stage)
     except (DecoError, ValueError, FileNotFoundError, FileExistsError) as error:

@@ -8,11 +8,13 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .._deps import require
 from ..errors import DecoError
 from .app import (
     HeadsOption,
     ModelOption,
     PromptArgument,
+    SeedOption,
     TemperatureScaleOption,
     TopPScaleOption,
     _fail,
@@ -27,7 +29,7 @@ def trace(
     model: ModelOption = "default",
     heads: HeadsOption = "default",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOption = 0,
     temperature_scale: TemperatureScaleOption = 1.0,
     top_p_scale: TopPScaleOption = 1.0,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page here.")] = None,
@@ -45,14 +47,16 @@ def trace(
     """Generate a reply with learned decoding and show the T and P chosen for every token.
 
     The coloured tokens are printed (unless --quiet); --html, --png and --json also write files.
-    With --compare, the JSON file holds {"runs": \\[main, compare]}.
+    With --compare, the JSON file holds {"runs": [main, compare]}.
     """
-    out = Console()
+    out = Console(markup=False)
     try:
         from ..default_model import load_model
         from ..viz import print_trace, write_html, write_png
         from ..viz.runs import parse_run_strategy, trace_generation
 
+        if png is not None:  # before the model is loaded and a reply generated, not after
+            require("matplotlib", purpose="`deco trace --png`")
         main_spec = parse_run_strategy("autodeco", temperature_scale=temperature_scale, top_p_scale=top_p_scale)
         compare_spec = parse_run_strategy(compare) if compare is not None else None
         loaded_model, tokenizer = load_model(model)
@@ -92,4 +96,4 @@ def trace(
                 print_trace(run, out)
     for label, path in (("HTML", html), ("PNG", png), ("JSON", json_path)):
         if path is not None:
-            Console(stderr=True).print(f"{label}: {path}", highlight=False)
+            Console(stderr=True, markup=False).print(f"{label}: {path}", highlight=False)

@@ -10,10 +10,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import DecoError
-from .app import _fail, app, console
+from .app import SeedOption, _fail, app, console
 
 train_app = typer.Typer(help="Train decoding heads for a causal LM on this machine (each stage runs alone too).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
 
 ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")]
@@ -59,8 +59,10 @@ def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperat
               samples_per_temperature: int, max_new_tokens: int, batch_size: int, seed: int, unsolved: str,
               loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None
               ) -> tuple[Path, dict[str, Any], Any]:
+    from .._deps import require
     from ..training import SamplingConfig, rejection_sample, write_jsonl
 
+    require("reasoning_gym", purpose="`deco train data` (training prompts)")  # before the model loads
     config = SamplingConfig(
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), prompts_per_task=prompts_per_task,
         temperatures=_floats(temperatures, "--temperatures"), samples_per_temperature=samples_per_temperature,
@@ -146,6 +148,7 @@ def _select_sources(records: list[dict[str, Any]], sources: Optional[str],
 def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str, batch_size: int, max_length: int,
                loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None,
                sources: Optional[str] = None, max_per_prompt: Optional[str] = None) -> Any:
+    from ..jsonl import read_json_object
     from ..training import TrainingDataError, build_cache, read_jsonl
 
     files = [data] if isinstance(data, Path) else list(data)
@@ -158,8 +161,8 @@ def _run_cache(data: Path | list[Path], out: Path, model: str, hidden_dtype: str
         raise TrainingDataError(f"No record of {', '.join(map(str, files))} has a source in {sources!r}; "
                                 "nothing to cache. Check --sources (e.g. sample,reference).")
     summary_path = _summary_path(files[0])
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {
-        "source": f"user JSONL {files[0]}", "records": read}
+    summary = read_json_object(summary_path, error=TrainingDataError, fix=f"Delete it or fix it; it describes {files[0]}."
+                               ) if summary_path.is_file() else {"source": f"user JSONL {files[0]}", "records": read}
     summary["files"] = [str(f) for f in files]
     summary["sources_kept"] = sources or "all"
     summary["max_per_prompt"] = max_per_prompt
@@ -228,7 +231,7 @@ def data_command(
     samples_per_temperature: Annotated[int, typer.Option(min=1)] = 2,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows (prompts x samples) decoded together.")] = 128,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOption = 0,
     unsolved: Annotated[str, typer.Option(help="Never-solved prompts: `drop` them or add the `reference` answer.")] = "reference",
     dtype: Annotated[str, typer.Option(help="Model dtype: float32 (load_model's default) or bfloat16.")] = "float32",
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
@@ -311,7 +314,7 @@ def fit_command(
     batch_tokens: BatchOpt = 128,
     epochs: EpochsOpt = 4,
     max_steps: MaxStepsOpt = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOption = 0,
     validation_fraction: ValOpt = 0.1,
     checkpoint_every: CkptOpt = 50,
     steepness: SteepOpt = 30.0,
@@ -355,7 +358,7 @@ def all_command(
     batch_tokens: BatchOpt = 128,
     epochs: EpochsOpt = 4,
     max_steps: MaxStepsOpt = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOption = 0,
     validation_fraction: ValOpt = 0.1,
     checkpoint_every: CkptOpt = 50,
     steepness: SteepOpt = 30.0,

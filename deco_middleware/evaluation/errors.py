@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import TaskSpecError, UnknownStrategyError
+from ..errors import ResultCacheError, TaskSpecError, UnknownStrategyError
 
-__all__ = ["TaskSpecError", "UnknownStrategyError"]
+
+__all__ = ["ResultCacheError", "TaskSpecError", "UnknownStrategyError"]

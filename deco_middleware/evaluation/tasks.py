@@ -10,7 +10,8 @@ Specs:
   many problems to draw before duplicates are removed).
 - a path to a JSONL file of ``{"prompt": str, "answer": str, "match": "number"|"exact"|"contains"}``
   lines; ``match`` defaults to ``number`` when the answer parses as a number, else ``exact``;
-  other keys are ignored; blank lines are skipped.
+  other keys are ignored; blank lines are skipped and a byte-order mark is accepted (the rules of
+  :mod:`deco_middleware.jsonl`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .._deps import require
+from ..jsonl import iter_jsonl
 from .errors import TaskSpecError
 from .extraction import MATCH_RULES, candidate_answer, parse_number, score_completion
 
@@ -116,24 +118,17 @@ def _load_jsonl(spec: str, limit: int | None) -> Task:
             "reasoning-gym dataset or the path of a file of {\"prompt\", \"answer\", \"match\"} lines."
         )
     problems: list[Problem] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            problems.append(_problem_from_line(path, line_number, line))
-            if limit is not None and len(problems) == limit:
-                break
+    for line_number, record in iter_jsonl(path, error=TaskSpecError):
+        problems.append(_problem_from_record(path, line_number, record))
+        if limit is not None and len(problems) == limit:
+            break
     if not problems:
         raise TaskSpecError(f"{path} has no problems (every line is blank).")
     return Task(spec=spec, problems=problems, description=f"{path.name} ({len(problems)} problems)")
 
 
-def _problem_from_line(path: Path, line_number: int, line: str) -> Problem:
+def _problem_from_record(path: Path, line_number: int, record: Any) -> Problem:
     where = f"{path}, line {line_number}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise TaskSpecError(f"{where}: not valid JSON ({error.msg} at column {error.colno}).") from None
     if not isinstance(record, dict):
         raise TaskSpecError(f"{where}: expected an object with \"prompt\" and \"answer\", got {type(record).__name__}.")
     for key in ("prompt", "answer"):

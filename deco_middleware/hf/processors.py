@@ -426,8 +426,11 @@ class DecodingSession:
         }
         for name, refused in unsupported.items():
             if refused:
+                value = kwargs[name]
+                # A model passed as `assistant_model` would print its whole module tree: name its class.
+                shown = repr(value) if isinstance(value, (int, float, str)) else f"<{type(value).__name__}>"
                 raise UnsupportedGenerationModeError(
-                    f"`{name}={kwargs[name]!r}` selects a generation mode learned decoding does not support "
+                    f"`{name}={shown}` selects a generation mode learned decoding does not support "
                     "(beam search, assisted or contrastive decoding). Use plain sampling or greedy decoding."
                 )
         neutral = dict(NEUTRAL_GENERATE_KWARGS)

@@ -6,8 +6,7 @@ Torch-free at import: the export (``export_lm``) and the Optimum model class nee
 
 from __future__ import annotations
 
-from typing import Any
-
+from .._deps import lazy_attributes
 from .backend import (
     default_onnx_path,
     ensure_default_onnx,
@@ -31,12 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._deps import require
 from ..heads.artifact import DEFAULT_PROVIDER, DecodingHeads, heads_for_identity
+from ..progress import report
 from .graph import EXPORT_INFO_NAME, ONNX_MODEL_NAME
 from .loop import OnnxGenerator, TokenEvent
 from .runtime import OnnxCausalLM
@@ -23,23 +24,6 @@ def default_onnx_path() -> Path:
     return cache_root() / f"{DEFAULT_MODEL_NAME}{DEFAULT_ONNX_SUFFIX}"
 
 
-def _stage_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
-    """A progress display for export stages: a rich spinner when rich is installed, else stderr lines."""
-    try:
-        from rich.console import Console
-    except ImportError:
-        return (lambda message: print(f"[deco] {message}", file=sys.stderr, flush=True)), (lambda: None)
-    console = Console(stderr=True)
-    status = console.status("")
-    status.start()
-
-    def update(message: str) -> None:
-        console.log(f"[deco] {message}", highlight=False)
-        status.update(f"[bold]{message}")
-
-    return update, status.stop
-
-
 def ensure_default_onnx() -> Path:
     """The default model's ONNX export, created once (needs torch and ``optimum-onnx``) and cached.
 
@@ -49,17 +33,19 @@ def ensure_default_onnx() -> Path:
     path = default_onnx_path()
     if (path / EXPORT_INFO_NAME).is_file():
         return path
-    from ..default_model import DEFAULT_MODEL_NAME, ensure_default_model
+    from ..default_model import DEFAULT_MODEL_NAME, cache_lock, ensure_default_model
     from .export import export_lm
 
+    # Check what the export needs before minutes of provisioning and converting the default model.
+    require("optimum.exporters.onnx", purpose=f"Exporting {DEFAULT_MODEL_NAME} to ONNX once (`--backend ort`)")
+    require("torch", purpose=f"Exporting {DEFAULT_MODEL_NAME} to ONNX once (`--backend ort`)", extra="ort")
     source = ensure_default_model()
-    update, stop = _stage_printer()
-    try:
-        update(f"exporting {DEFAULT_MODEL_NAME} to ONNX once, into {path} (a few minutes)")
-        report = export_lm(source, path, name=DEFAULT_MODEL_NAME, overwrite=True, on_stage=update)
-        update(f"ONNX export ready: max |logits - torch| = {report.max_abs_diff_logits:.2e}")
-    finally:
-        stop()
+    with cache_lock(path.name):  # a second process waits, then finds the finished export
+        if (path / EXPORT_INFO_NAME).is_file():
+            return path
+        report(f"exporting {DEFAULT_MODEL_NAME} to ONNX once, into {path} (a few minutes)")
+        export = export_lm(source, path, name=DEFAULT_MODEL_NAME, overwrite=True, on_stage=lambda stage: report(stage))
+    report(f"ONNX export ready: max |logits - torch| = {export.max_abs_diff_logits:.2e}")
     return path
 
 
@@ -92,7 +78,7 @@ def load_model_ort(
     ``default`` exports the default model once and caches it. Needs ``deco-middleware[ort]``.
     """
     from .compat import load_tokenizer
-    from .optimum_model import ORTModelForCausalLMWithHiddenStates
+    from .optimum_model import ORTModelForCausalLMWithHiddenStates  # checks for the `ort` extra first
 
     path = resolve_onnx_model(name_or_path)
     directory = path if path.is_dir() else path.parent
@@ -125,6 +111,7 @@ def generate_text_ort(
     """
     from ..rows import generation_result
     from ..strategies import parse_strategy
+    from ..generation import check_prompt_fits, model_context
 
     chosen = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     lm = model if isinstance(model, OnnxCausalLM) else OnnxCausalLM(resolve_onnx_model(model), provider=provider)
@@ -140,8 +127,10 @@ def generate_text_ort(
     else:
         predictor = chosen.predictor()
     generator = OnnxGenerator(lm, predictor=predictor)
+    prompt_ids = tokenizer.encode_chat(prompt)
+    check_prompt_fits(len(prompt_ids), max_new_tokens, model_context(lm.config))
     result = generator.generate(
-        [tokenizer.encode_chat(prompt)], max_new_tokens=max_new_tokens, seed=seed,
+        [prompt_ids], max_new_tokens=max_new_tokens, seed=seed,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         stop_strings=stop_strings, decode=tokenizer.decode, on_token=on_token,
     )

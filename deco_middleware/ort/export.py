@@ -107,7 +107,7 @@ def export_lm(
     """
     # optimum first: its install hint (the `ort` extra) also brings torch and transformers
     require("optimum.exporters.onnx", purpose="Exporting an LM to ONNX (`deco export-lm`)")
-    torch = require("torch", purpose="Exporting an LM")
+    torch = require("torch", purpose="Exporting an LM", extra="ort")
     onnx = require("onnx", purpose="Exporting an LM to ONNX")
     from optimum.exporters.onnx import onnx_export_from_model
 

@@ -20,7 +20,7 @@ from .._deps import require
 from ..heads.artifact import DEFAULT_PROVIDER, check_providers
 from .graph import HIDDEN_STATE_OUTPUT, MissingHiddenStateOutputError, lm_head_weight, missing_hidden_state_message
 
-torch = require("torch", purpose="The Optimum ONNX Runtime model")
+torch = require("torch", purpose="The Optimum ONNX Runtime model", extra="ort")
 require("optimum.onnxruntime", purpose="The Optimum ONNX Runtime model (`deco-middleware[ort]`)")
 from optimum.onnxruntime import ORTModelForCausalLM  # noqa: E402
 

@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
+from ..jsonl import read_json_object
 from ..manifest import BaseModelIdentity
 from ..errors import CacheError
+from ..progress import ProgressBar, ProgressCallback
 
 META_NAME = "meta.json"
 CACHE_FORMAT = 1
@@ -73,15 +75,25 @@ class FeatureCache:
         meta_path = directory / META_NAME
         if not meta_path.is_file():
             raise CacheError(f"No feature cache at {directory} (no {META_NAME}). Build one with `deco train cache`.")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        rebuild = "Rebuild the cache with `deco train cache`."
+        meta = read_json_object(meta_path, error=CacheError, fix=rebuild)
         if meta.get("format") != CACHE_FORMAT:
             raise CacheError(f"{directory} has cache format {meta.get('format')!r}; this version reads {CACHE_FORMAT}. "
                              "Rebuild it with `deco train cache`.")
-        load = lambda name: np.load(directory / name, mmap_mode="r")  # noqa: E731
+
+        def load(name: str) -> np.ndarray:
+            # An empty or truncated file raises EOFError, which the CLI would report as just "Aborted."
+            try:
+                return np.load(directory / name, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                raise CacheError(f"{directory / name} is unreadable ({type(error).__name__}: {error}). {rebuild}") from None
+
         bias = load("lm_head_bias.npy") if (directory / "lm_head_bias.npy").is_file() else None
         cache = cls(directory, load("hidden.npy"), load("labels.npy"), load("sequence.npy"), load("lm_head.npy"),
                     bias, meta)
-        if cache.hidden.shape[0] != cache.labels.shape[0] or cache.hidden.shape[1] != cache.lm_head.shape[1]:
+        if (cache.hidden.ndim != 2 or cache.labels.ndim != 1 or cache.lm_head.ndim != 2
+                or cache.sequence.shape != cache.labels.shape
+                or cache.hidden.shape[0] != cache.labels.shape[0] or cache.hidden.shape[1] != cache.lm_head.shape[1]):
             raise CacheError(f"{directory} is inconsistent: hidden {cache.hidden.shape}, labels {cache.labels.shape}, "
                              f"lm_head {cache.lm_head.shape}. Rebuild it with `deco train cache`.")
         return cache
@@ -125,7 +137,7 @@ def build_cache(
     batch_size: int = 8,
     max_length: int = 1024,
     data_summary: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
     verify_tolerance: float = 2e-2,
 ) -> FeatureCache:
     """Run ``model`` once over ``records`` and write the cache folder ``directory``.
@@ -135,7 +147,6 @@ def build_cache(
     logits, e.g. soft-capping, fail here instead of training on the wrong distribution).
     """
     torch = require("torch", purpose="Caching training features")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..hf.identity import model_identity
 
@@ -190,9 +201,7 @@ def build_cache(
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         cursor = 0
         try:
-            with Progress(TextColumn("[bold]caching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          disable=not progress) as bar:
-                job = bar.add_task("cache", total=len(batches))
+            with ProgressBar("caching", len(batches), progress=progress) as bar:
                 for batch in batches:
                     rows = [encoded[i][1] + encoded[i][2] for i in batch]
                     length = max(len(r) for r in rows)
@@ -226,7 +235,7 @@ def build_cache(
                                 f"{verify['max_abs_diff']:.4g} (largest logit {verify['max_abs_logit']:.4g}): this "
                                 "model post-processes its logits, which the heads cannot reproduce from h @ W^T."
                             )
-                    bar.update(job, advance=1)
+                    bar.update(advance=1)
         finally:
             handle.remove()
         hidden_out.flush()

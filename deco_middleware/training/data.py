@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 from .._deps import require
 from ..errors import TrainingDataError
+from ..jsonl import iter_jsonl
 from ..manifest import atomic_write_bytes
+from ..progress import ProgressBar, ProgressCallback
 from .grading import grade_reply, CORRECT_SCORE
 
 # Easy configurations of the training tasks: a 135M model must solve them *sometimes* for
@@ -122,16 +124,15 @@ class SamplingConfig:
             raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
 
 
-def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool = True,
+def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool | ProgressCallback = True,
                      log: Callable[[str], None] | None = None, wrong_out: list[dict[str, Any]] | None = None
                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sample, grade and keep correct completions. Returns (records, summary with per-task yield).
 
     ``wrong_out``, when given, receives the distinct *wrong* samples as records too (``source``
     ``"sample-wrong"``), for the variant that trains on the model's own wrong samples as well.
+    ``progress`` gets the "sampling" bar: a callback, or ``True``/``False`` (:func:`deco_middleware.progress.resolve`).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ..engine import EngineStats, Static, derive_seed, iter_sample
 
     started = time.perf_counter()
@@ -149,9 +150,7 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
     stats = EngineStats()
     total_rows = len(problems) * len(config.temperatures) * config.samples_per_temperature
     done_rows = 0
-    with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), disable=not progress) as bar:
-        job = bar.add_task("sampling", total=total_rows, info="")
+    with ProgressBar("sampling", total_rows, progress=progress) as bar:
         for temperature in config.temperatures:
             # Every sample has its own generator seeded from (run seed, task, problem, T, k): a
             # sample does not depend on the batch it ran in, the other tasks, or max_rows.
@@ -176,7 +175,7 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
                 done_rows += len(completions)
                 elapsed = time.perf_counter() - started
                 info = f"T={temperature} {stats.generated_tokens / elapsed:.0f} tok/s"
-                bar.update(job, completed=done_rows, info=info)
+                bar.update(completed=done_rows, info=info)
                 if log is not None and (done_rows % max(1, config.batch_size) < len(completions) or done_rows == total_rows):
                     found_correct = sum(y.correct_samples for y in yields.values())
                     log(f"{done_rows}/{total_rows} samples, {info}, correct so far {found_correct} ({elapsed:.0f} s)")
@@ -233,31 +232,26 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str])
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read ``{"prompt", "completion"}`` records; a bad line fails naming the file and line number."""
+    """Read ``{"prompt", "completion"}`` records; a bad line fails naming the file and line number.
+
+    Blank lines are skipped and a byte-order mark is accepted (the rules of :mod:`deco_middleware.jsonl`).
+    """
     path = Path(path)
     if not path.is_file():
         raise TrainingDataError(f"No training data at {path}: expected a JSONL file of {{\"prompt\", \"completion\"}}.")
     records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            where = f"{path}, line {number}"
-            if not line.strip():
-                raise TrainingDataError(f"{where} is empty; every line must be one JSON object "
-                                        '{"prompt": ..., "completion": ...}. Remove blank lines.')
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TrainingDataError(f"{where} is not valid JSON ({error.msg} at column {error.colno}).") from error
-            if not isinstance(record, dict):
-                raise TrainingDataError(f"{where} must be a JSON object, got {type(record).__name__}.")
-            for key in ("prompt", "completion"):
-                value = record.get(key)
-                if not isinstance(value, str):
-                    got = "missing" if value is None else f"a {type(value).__name__}"
-                    raise TrainingDataError(f"{where}: `{key}` must be a string, but it is {got}.")
-            if not record["completion"].strip():
-                raise TrainingDataError(f"{where}: `completion` is empty; drop the line or give a completion.")
-            records.append(record)
+    for number, record in iter_jsonl(path, error=TrainingDataError):
+        where = f"{path}, line {number}"
+        if not isinstance(record, dict):
+            raise TrainingDataError(f"{where} must be a JSON object, got {type(record).__name__}.")
+        for key in ("prompt", "completion"):
+            value = record.get(key)
+            if not isinstance(value, str):
+                got = "missing" if value is None else f"a {type(value).__name__}"
+                raise TrainingDataError(f"{where}: `{key}` must be a string, but it is {got}.")
+        if not record["completion"].strip():
+            raise TrainingDataError(f"{where}: `completion` is empty; drop the line or give a completion.")
+        records.append(record)
     if not records:
         raise TrainingDataError(f"{path} holds no records; nothing to train on.")
     return records

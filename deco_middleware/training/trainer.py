@@ -18,6 +18,7 @@ import numpy as np
 
 from .._deps import require
 from ..manifest import atomic_write_bytes
+from ..progress import ProgressBar, ProgressCallback
 from .cache import FeatureCache
 from ..errors import TrainingDataError, TrainingInterrupted
 from .loss import LossConfig, autodeco_loss, hard_nucleus_from_logits
@@ -163,6 +164,23 @@ def _save_checkpoint(path: Path, heads: Any, optimizer: Any, step: int, config: 
     atomic_write_bytes(path, buffer.getvalue())
 
 
+_CHECKPOINT_KEYS = ("config", "heads", "optimizer", "step", "history", "validation_before")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """The saved training state, or a clear error: an empty file raises EOFError (which the CLI
+    reported as just "Aborted."), a corrupt one an unpickling or zip error."""
+    fix = "Delete it, or pass `--no-resume`, to start over."
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, zip errors, ...
+        raise TrainingDataError(f"The checkpoint {path} is unreadable ({type(error).__name__}: {error}). {fix}") from None
+    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise TrainingDataError(f"The checkpoint {path} lacks {', '.join(missing)}: it was not written by `deco train fit`. {fix}")
+    return state
+
+
 def fit(
     cache: FeatureCache,
     config: TrainConfig,
@@ -170,13 +188,11 @@ def fit(
     work_dir: str | Path | None = None,
     resume: bool = True,
     stop_after: int | None = None,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train heads on ``cache``. With ``work_dir`` a checkpoint is kept there and, with ``resume``,
     picked up again. ``stop_after`` ends the run after that many steps (for tests of resuming)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from ..heads.modules import AutoDecoHeads
 
     train_idx, val_idx = split_tokens(cache, config.validation_fraction, config.seed, config.sources)
@@ -200,7 +216,7 @@ def fit(
     validation_before: dict[str, float] = {}
     checkpoint = Path(work_dir) / CHECKPOINT_NAME if work_dir is not None else None
     if checkpoint is not None and resume and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)
+        state = _load_checkpoint(checkpoint)
         if state["config"] != config.as_dict():
             raise ValueError(
                 f"The checkpoint {checkpoint} was written with different settings; pass the same settings to resume, "
@@ -214,11 +230,8 @@ def fit(
 
     started = time.perf_counter()
     trained_tokens = 0
-    columns = (TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     try:
-        with Progress(*columns, disable=not progress) as bar:
-            job = bar.add_task("fit", total=total_steps, completed=step, info="")
+        with ProgressBar("training", total_steps, step, progress=progress) as bar:
             permutation_epoch, permutation = -1, None
             while step < total_steps:
                 epoch, offset = divmod(step, steps_per_epoch)
@@ -243,7 +256,7 @@ def fit(
                 history.append(record)
                 if on_log is not None:
                     on_log(record)
-                bar.update(job, advance=1, info=f"loss {record['loss']:.4f} T {record['temperature_mean']:.3f} "
+                bar.update(advance=1, info=f"loss {record['loss']:.4f} T {record['temperature_mean']:.3f} "
                                                f"P {record['top_p_mean']:.3f}")
                 if checkpoint is not None and (step % config.checkpoint_every == 0 or step == total_steps):
                     _save_checkpoint(checkpoint, heads, optimizer, step, config, history, validation_before)

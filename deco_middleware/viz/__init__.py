@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .._deps import lazy_attributes
 from ..trace import DecodingTrace
 from .document import TraceDocument, TraceDocumentError, token_texts
 from .html import render_html, write_html
@@ -104,11 +105,4 @@ def render_trace(
     return doc
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'deco_middleware.viz' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

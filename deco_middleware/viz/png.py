@@ -10,7 +10,6 @@ from typing import Any
 
 from .._deps import require
 from ..manifest import atomic_write_bytes
-from .colors import TEMPERATURE_RANGE
 from .document import TraceDocument
 
 DPI = 100
@@ -54,12 +53,19 @@ def _label_every(steps: int, width_px: int) -> int:
     return max(1, -(-steps * PX_PER_TOKEN // usable))
 
 
-def _draw_panel(ax: Any, doc: TraceDocument, width_px: int, y_max: float) -> None:
+def y_axis_top(runs: list[TraceDocument]) -> float:
+    """The top of the shared y-axis: just above the largest T or P drawn, and never below 1 (the
+    reference line), so a run that never exceeds 1 is not squeezed into the lower half."""
+    largest = max((max([*run.temperature, *run.top_p], default=0.0) for run in runs), default=0.0)
+    return max(1.0, largest) * 1.05
+
+
+def _draw_panel(ax: Any, doc: TraceDocument, width_px: int, y_top: float) -> None:
     steps = list(range(len(doc)))
     ax.plot(steps, doc.temperature, color=_T_COLOR, linewidth=1.5, marker="o", markersize=2.5, label="temperature")
     ax.plot(steps, doc.top_p, color=_P_COLOR, linewidth=1.5, marker="o", markersize=2.5, label="top-p")
     ax.axhline(1.0, color="#9aa1ad", linewidth=0.8, linestyle=":")
-    ax.set_ylim(0, y_max * 1.05)
+    ax.set_ylim(0, y_top)
     ax.set_xlim(-0.5, max(len(doc) - 0.5, 0.5))
     ax.set_ylabel("value")
     ax.set_title(f"{doc.label}: temperature and top-p per token", fontsize=10, loc="left")
@@ -90,12 +96,12 @@ def render_png(
     if width_px < 200 or height_px < 150:
         raise ValueError(f"A PNG of {width_px}x{height_px} px is too small for the chart; use at least 200x150.")
     runs = [doc] if compare is None else [doc, compare]
-    y_max = max(TEMPERATURE_RANGE[1], *(max(run.temperature, default=0.0) for run in runs))
+    y_top = y_axis_top(runs)
     # A bare Figure (no pyplot) draws with Agg, needs no display and keeps no global state.
     figure = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, layout="constrained")
     axes = figure.subplots(len(runs), 1, squeeze=False)[:, 0]
     for ax, run in zip(axes, runs):
-        _draw_panel(ax, run, width_px, y_max)
+        _draw_panel(ax, run, width_px, y_top)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()

@@ -205,9 +205,29 @@ class _Stepper:
         )
 
 
+def _predicted_step(predictor: Any, hidden: Any, logits: Any, stats: EngineStats) -> tuple[Any, Any, Any]:
+    """One step of a predictor of per-row (T, P, filters) (the baselines in ``deco_middleware.baselines``).
+
+    The one place this loop turns a predictor's decisions into scores: divide by T (0 = argmax
+    only), the predictor's filters, then the nucleus. To be replaced by the shared decoding step.
+    """
+    decisions = predictor.predict(hidden.numpy() if predictor.uses_hidden_state else None, logits.numpy())
+    stats.fallback_rows += int(decisions.fallback.sum())
+    temperature = torch.from_numpy(decisions.temperature)
+    top_p = torch.from_numpy(decisions.top_p)
+    scores = warp_temperature(logits, temperature.float())
+    for score_filter in decisions.filters:
+        scores = score_filter.apply(scores)
+    if bool((top_p < 1.0).any()):
+        scores, _ = nucleus_filter(scores, top_p.float())
+    return scores, temperature, top_p
+
+
 def _shape(policy: Policy, hidden: Any, logits: Any, stats: EngineStats) -> tuple[Any, Any, Any]:
     """(scores to sample from, applied T [rows], applied P [rows]) for one step."""
     rows = logits.shape[0]
+    if hasattr(policy, "predict"):
+        return _predicted_step(policy, hidden, logits, stats)
     if isinstance(policy, Static):
         temperature = torch.full((rows,), policy.temperature)
         top_p = torch.full((rows,), policy.top_p)

@@ -10,7 +10,10 @@ Names:
 - ``default``: sampling at T = 1, P = 1.
 - ``static:T,P``: a fixed temperature T > 0 and top-p P in (0, 1].
 - ``edt[:T0,N,theta]``: entropy-based dynamic temperature ``T = T0 * N ** (theta / H)``, P = 1.
-- ``min-p:X``: min-p filtering at T = 1, P = 1.
+- ``min-p:X[,T]``: min-p filtering at temperature T (default 1), P = 1.
+- the baselines of :mod:`deco_middleware.baselines`: ``confidence:TAU,T_HIGH``,
+  ``entropy-adaptive:THRESHOLD,T_LOW,T_HIGH``, ``entropy-continuous:T_MIN,T_MAX``,
+  ``top-n-sigma:N,T``, ``p-less:T`` (a bare family name takes its defaults).
 - ``autodeco``: both learned heads; ``autodeco-t`` / ``autodeco-p``: only the temperature / top-p head.
 - ``autodeco@S`` (also written ``scale:S``): both heads with ``temperature_scale = S`` (0 is greedy).
 
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .baselines import BASELINES, parse_baseline
 from .errors import UnknownStrategyError
 from .sampling import (
     GREEDY,
@@ -234,10 +238,26 @@ def _edt(text: str, argument: str | None) -> Strategy:
 
 
 def _min_p(text: str, argument: str | None) -> Strategy:
-    (min_p,) = _numbers(text, argument or "", 1, "min-p:X with X in (0, 1], e.g. min-p:0.1")
-    if not 0 < min_p <= 1:
-        raise UnknownStrategyError(f"Strategy {text!r}: X must be in (0, 1], e.g. min-p:0.1.")
-    return Strategy(f"min-p:{min_p:g}", "static", 1.0, 1.0, min_p=min_p)
+    body = argument or ""
+    count = 2 if "," in body else 1
+    values = _numbers(text, body, count, "min-p:X or min-p:X,T with X in (0, 1], e.g. min-p:0.1 or min-p:0.1,0.7")
+    min_p, temperature = values[0], (values[1] if count == 2 else 1.0)
+    if not 0 < min_p <= 1 or not 0 < temperature < math.inf:
+        raise UnknownStrategyError(f"Strategy {text!r}: X must be in (0, 1] and T > 0, e.g. min-p:0.1,0.7.")
+    name = f"min-p:{min_p:g}" if count == 1 else f"min-p:{min_p:g},{temperature:g}"
+    return Strategy(name, "static", temperature, 1.0, min_p=min_p)
+
+
+def _baseline(text: str, argument: str | None) -> Strategy:
+    try:
+        spec = parse_baseline(text)  # validates the parameters with the family's own messages
+    except UnknownStrategyError:
+        raise
+    except ValueError as error:
+        raise UnknownStrategyError(str(error)) from None
+    if spec is None:  # pragma: no cover - only registered for the families parse_baseline knows
+        raise UnknownStrategyError(f"Unknown strategy {text!r}; valid: {', '.join(strategy_names())}.")
+    return Strategy(spec.key, "baseline", build=lambda heads: spec.predictor())
 
 
 def _learned(temperature_head: bool, top_p_head: bool) -> Parser:
@@ -268,11 +288,13 @@ register_strategy("static", _static, shown_as="static:T,P", help="sampling at a 
 register_strategy("default", _default, help="sampling at T=1, P=1")
 register_strategy("edt", _edt, shown_as="edt[:T0,N,theta]",
                   help="entropy-based dynamic temperature T = T0 * N^(theta/H), P=1 (default 1.0,0.8,1.0)")
-register_strategy("min-p", _min_p, shown_as="min-p:X", help="min-p filtering at T=1, P=1")
+register_strategy("min-p", _min_p, shown_as="min-p:X[,T]", help="min-p filtering at temperature T (default 1), P=1")
 register_strategy("autodeco-t", _learned(True, False), help="learned temperature head only, P=1")
 register_strategy("autodeco-p", _learned(False, True), help="learned top-p head only, T=1")
 register_strategy("scale", _scale, shown_as="autodeco@S | scale:S",
                   help="both learned heads with the temperature scaled by S (0 is greedy)")
+for _family, _entry in BASELINES.items():
+    register_strategy(_family, _baseline, shown_as=f"{_family}:{','.join(_entry.arguments)}", help=_entry.help)
 
 
 def parse_strategy(text: str) -> Strategy:

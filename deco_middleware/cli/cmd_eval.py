@@ -13,7 +13,12 @@ from .._deps import require
 from ..errors import DecoError
 from .app import MAX_SEED, _fail, app, console
 
-_STRATEGY_HELP = "Repeatable. greedy | default | static:T,P | oracle | mean-static | edt[:T0,N,theta] | min-p:X | autodeco | autodeco-t | autodeco-p"
+_STRATEGY_HELP = (
+    "Repeatable. greedy | default | static:T,P | oracle | mean-static | edt[:T0,N,theta] | min-p:X[,T] | autodeco | "
+    "autodeco@S | autodeco-t | autodeco-p | confidence:TAU,T_HIGH | entropy-adaptive:THRESHOLD,T_LOW,T_HIGH | "
+    "entropy-continuous:T_MIN,T_MAX | top-n-sigma:N,T | p-less:T | dev-static | dev:FAMILY | tuned-baselines "
+    "(dev-static and every dev:FAMILY, tuned on the dev split of the training tasks)"
+)
 _TASK_HELP = (
     "Repeatable. rg:NAME[?key=value&...] (a reasoning-gym dataset; `seed` and `size` pick the problems) or a "
     "JSONL file of {\"prompt\", \"answer\", \"match\": number|exact|contains} lines."
@@ -53,7 +58,10 @@ class _RichProgress:
 @app.command("eval")
 def evaluate(
     task: Annotated[list[str], typer.Option("--task", help=_TASK_HELP)],
-    strategy: Annotated[list[str], typer.Option("--strategy", help=_STRATEGY_HELP)],
+    strategy: Annotated[Optional[list[str]], typer.Option("--strategy", help=_STRATEGY_HELP)] = None,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Add greedy, static T in {0.1,0.2,0.3,0.5,0.7,1.0} at P=1 and autodeco@S for S in "
+        "{0.25,0.5,0.75,1,1.5,2}: the static curve the frontier gain is measured against.")] = False,
     samples: Annotated[int, typer.Option(min=1, help="K samples per problem (greedy uses one).")] = 4,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Problems per task (rg tasks: default 100).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Run seed; every sample has its own generator derived from it.")] = 0,
@@ -64,6 +72,8 @@ def evaluate(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results document here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the markdown tables here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a bar chart (PNG) with error bars here.")] = None,
+    pareto: Annotated[Optional[Path], typer.Option(
+        help="Write a Pareto chart (PNG) here: pass@1 against pass@k, the static-T curve and the heads' scale curve.")] = None,
     cache: Annotated[Path, typer.Option(help="JSONL of finished problems; rerun the same command to resume.")] = Path(
         "deco-eval-cache.jsonl"
     ),
@@ -77,6 +87,10 @@ def evaluate(
     oracle_samples: Annotated[Optional[int], typer.Option(
         min=1, help="Samples per problem while `oracle` searches its grid (default: --samples); with fewer, the "
         "chosen (T, P) is generated again with --samples and that run is reported.")] = None,
+    dev_samples: Annotated[Optional[int], typer.Option(
+        min=1, help="Samples per dev problem while dev-static / dev:FAMILY tune (default 2).")] = None,
+    dev_problems: Annotated[Optional[int], typer.Option(
+        min=1, help="Problems per dev task (products, basic_arithmetic, chain_sum at seed 5151; default 40).")] = None,
 ) -> None:
     """Compare learned decoding with greedy, static, oracle, mean-static, EDT and min-p baselines.
 
@@ -85,7 +99,7 @@ def evaluate(
     """
     from ..evaluation import load_task, parse_eval_strategy
 
-    from ..evaluation.strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS
+    from ..evaluation.strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS, expand_strategy_names
 
     started = time.perf_counter()
     try:
@@ -93,9 +107,12 @@ def evaluate(
         top_p_grid = _grid("--oracle-top-ps", oracle_top_ps, ORACLE_TOP_PS, high=1.0)
         if dtype not in ("bfloat16", "float32"):
             raise ValueError(f"--dtype {dtype!r}: use bfloat16 or float32.")
-        if plot is not None:  # before the whole evaluation runs, not after
-            require("matplotlib", purpose="`deco eval --plot`")
-        strategies = [parse_eval_strategy(name) for name in strategy]
+        if plot is not None or pareto is not None:  # before the whole evaluation runs, not after
+            require("matplotlib", purpose="`deco eval --plot` / `--pareto`")
+        names = expand_strategy_names(list(strategy or []), sweep=sweep)
+        if not names:
+            raise ValueError("Name at least one --strategy, or pass --sweep.")
+        strategies = [parse_eval_strategy(name) for name in names]
         tasks = [load_task(spec, limit=limit) for spec in task]
         from ..evaluation.cache import ResultCache
 
@@ -124,7 +141,8 @@ def evaluate(
         runner = EvaluationRunner(
             loaded_model, tokenizer, heads=loaded_heads, samples=samples, seed=seed, max_new_tokens=max_new_tokens,
             batch_size=batch_size, cache=result_cache, progress=progress, oracle_temperatures=temperature_grid,
-            oracle_top_ps=top_p_grid, oracle_samples=oracle_samples,
+            oracle_top_ps=top_p_grid, oracle_samples=oracle_samples, dev_samples=dev_samples,
+            dev_problems=dev_problems,
         )
         with progress.display:
             results = runner.evaluate(tasks, strategies)
@@ -135,9 +153,16 @@ def evaluate(
         _fail(str(error))
         return
     config = _config(
-        tasks, strategy, runner, model=model, heads=loaded_heads, limit=limit, elapsed=time.perf_counter() - started
+        tasks, names, runner, model=model, heads=loaded_heads, limit=limit, elapsed=time.perf_counter() - started
     )
-    from ..evaluation.report import markdown_table, results_document, write_json, write_markdown, write_plot
+    from ..evaluation.report import (
+        markdown_table,
+        results_document,
+        write_json,
+        write_markdown,
+        write_pareto,
+        write_plot,
+    )
 
     document = results_document(results, config)
     typer.echo(markdown_table(document), nl=False)
@@ -145,11 +170,12 @@ def evaluate(
         write_json(document, json_out)
     if markdown:
         write_markdown(document, markdown)
-    if plot:
-        try:
-            write_plot(document, plot)
-        except DecoError as error:
-            _fail(str(error))
+    for target, write in ((plot, write_plot), (pareto, write_pareto)):
+        if target:
+            try:
+                write(document, target)
+            except DecoError as error:
+                _fail(str(error))
 
 
 def _grid(option: str, text: str | None, default: tuple[float, ...], *, high: float | None) -> tuple[float, ...]:
@@ -163,6 +189,16 @@ def _grid(option: str, text: str | None, default: tuple[float, ...], *, high: fl
         bound = f"in (0, {high}]" if high else "> 0"
         raise ValueError(f"{option} {text!r}: every value must be {bound}.")
     return values
+
+
+def _dev_config(runner: Any) -> dict[str, Any] | None:
+    from ..evaluation.tuning import DEV_SEED, DEV_TASKS, GRID_BUDGET
+
+    if runner.dev_split is None:  # no tuned strategy in this run
+        return None
+    return {"tasks": list(DEV_TASKS), "seed": DEV_SEED, "problems": {t.spec: len(t) for t in runner.dev_split},
+            "samples": runner.dev_samples, "grid_budget": GRID_BUDGET,
+            "excluded": "every prompt of the run's evaluation tasks", "objective": "pooled dev pass@1"}
 
 
 def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: str, heads: Any, limit: int | None,
@@ -186,11 +222,13 @@ def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: 
         "max_new_tokens": runner.max_new_tokens,
         "batch_size": runner.batch_size,
         "edt": EDT_DEFAULTS,
+        "dev_split": _dev_config(runner),
         "oracle_grid": {"temperature": list(runner.oracle_temperatures),
                         "top_p_at_best_temperature": list(runner.oracle_top_ps),
                         "samples_while_searching": runner.oracle_samples},
         "answer_extraction": "text in <answer></answer> if present else the completion; numbers: last number; "
-        "text: case-folded, whitespace-collapsed exact match; solved = grade >= 1",
+        "text: case-folded, whitespace-collapsed exact match; reasoning-gym: that answer to the task's own "
+        "score_answer; solved = grade >= 1; maj@k votes on the same extracted answer (ties: first occurrence)",
         "generated_tokens": runner.generated_tokens,
         "generation_seconds": round(seconds, 2),
         "tokens_per_second": round(runner.generated_tokens / seconds, 1) if seconds else None,

@@ -1,4 +1,6 @@
-"""Answer extraction and the three match rules of JSONL tasks.
+"""The one answer grader: answer extraction, the three match rules of JSONL tasks, and the rule that
+hands a reasoning-gym task's own ``score_answer`` one candidate answer. Training (rejection sampling)
+and evaluation both grade with it.
 
 Extraction, in order (documented in ``deco eval --help`` and the README):
 
@@ -10,12 +12,18 @@ Extraction, in order (documented in ``deco eval --help`` and the README):
 3. ``exact``: the whole text, compared case-insensitively with runs of whitespace collapsed and
    surrounding whitespace, quotes and a trailing ``.``/``!`` removed.
 4. ``contains``: the normalized answer occurs in the normalized text.
+5. reasoning-gym tasks: :func:`candidate_answer` (the last number when the reference is a number,
+   else the answer region) goes to the task's ``score_answer``, which is the authority.
+
+:func:`answer_key` is the same extracted answer, normalised, for majority votes (maj@k).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 MATCH_RULES = ("number", "exact", "contains")
 
@@ -85,16 +93,42 @@ def candidate_answer(completion: str, reference: str) -> str:
         found = numbers_in(answer_region(completion))
         if not found:
             return answer_region(completion).strip()
-        value = found[-1]
-        return str(int(value)) if value.is_integer() else repr(value)
+        return _canonical_number(found[-1])
     return answer_region(completion).strip()
+
+
+def _canonical_number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def answer_key(completion: str, reference: str) -> str | None:
+    """The answer the grader reads from ``completion``, normalised so equal keys grade alike (for
+    majority votes): the canonical last number when ``reference`` is a number, else the normalised
+    answer region. ``None`` when there is no answer to read."""
+    if parse_number(reference) is not None:
+        found = numbers_in(answer_region(completion))
+        return _canonical_number(found[-1]) if found else None
+    return normalize_text(answer_region(completion)) or None
+
+
+def grade_with_scorer(
+    completion: str, entry: dict[str, Any], score_answer: Callable[[str, dict[str, Any]], float]
+) -> float:
+    """A reasoning-gym task's own score of :func:`candidate_answer` (a scorer that raises on a
+    malformed answer scores it 0)."""
+    try:
+        return float(score_answer(candidate_answer(completion, str(entry["answer"])), entry))
+    except Exception:  # reasoning-gym scorers raise on unparsable answers; that is a wrong answer
+        return 0.0
 
 
 __all__ = [
     "MATCH_RULES",
+    "answer_key",
     "answer_region",
     "candidate_answer",
     "extract_number",
+    "grade_with_scorer",
     "normalize_text",
     "numbers_equal",
     "numbers_in",

@@ -1,4 +1,4 @@
-"""pass@k (the unbiased estimator of Chen et al. 2021) and per-strategy summaries."""
+"""pass@k (the unbiased estimator of Chen et al. 2021), maj@k (self-consistency) and summaries."""
 
 from __future__ import annotations
 
@@ -17,6 +17,28 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         return 1.0
     # The product form avoids huge binomials: C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i).
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
+    """maj@k of one problem: whether the most frequent answer among the samples is a correct one.
+
+    ``answers[i]`` is sample i's normalised answer (``None``: it gave none, and does not vote);
+    ties go to the answer that occurred first. No answer at all counts as wrong.
+    """
+    if len(answers) != len(correct):
+        raise ValueError(f"Need one correctness flag per answer, got {len(answers)} answers and {len(correct)} flags.")
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for position, answer in enumerate(answers):
+        if answer is None:
+            continue
+        counts[answer] = counts.get(answer, 0) + 1
+        first.setdefault(answer, position)
+    if not counts:
+        return False
+    # max() keeps the first maximal key in insertion order, i.e. the earliest-occurring answer.
+    winner = max(counts, key=lambda answer: counts[answer])
+    return bool(correct[first[winner]])
 
 
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
@@ -56,4 +78,4 @@ class RunningMoments:
         return math.sqrt(variance)
 
 
-__all__ = ["RunningMoments", "mean_and_stderr", "pass_at_k"]
+__all__ = ["RunningMoments", "majority_correct", "mean_and_stderr", "pass_at_k"]

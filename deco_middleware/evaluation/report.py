@@ -1,4 +1,5 @@
-"""The evaluation's outputs: the JSON document, a markdown table and a bar chart with error bars."""
+"""The evaluation's outputs: the JSON document, markdown tables, a bar chart with error bars and a
+Pareto chart (pass@1 against pass@k)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from ..manifest import atomic_write_bytes
+from .frontier import curve_temperature, frontier_table
 from .runner import DecodingSummary
 
 
 def results_document(results: Mapping[str, Mapping[str, DecodingSummary]], config: dict[str, Any]) -> dict[str, Any]:
-    """``{"results": {TASK: {STRATEGY: {...}}}, "config": {...}}``; NaN becomes ``null``."""
+    """``{"results": {TASK: {STRATEGY: {...}}}, "frontier": {...} | None, "config": {...}}``; NaN becomes ``null``.
+
+    ``frontier`` holds every strategy's frontier gain over the static curve with its paired
+    bootstrap interval (:func:`~.frontier.frontier_table`), when the run has the static sweep.
+    """
 
     def clean(value: Any) -> Any:
         if isinstance(value, float) and math.isnan(value):
@@ -26,7 +32,7 @@ def results_document(results: Mapping[str, Mapping[str, DecodingSummary]], confi
         return value
 
     body = {task: {name: clean(summary.to_dict()) for name, summary in by_strategy.items()} for task, by_strategy in results.items()}
-    return {"results": body, "config": config}
+    return {"results": body, "frontier": clean(frontier_table(results)), "config": config}
 
 
 def write_json(document: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -43,6 +49,9 @@ def _strategy_label(name: str, entry: dict[str, Any]) -> str:
     chosen = entry.get("chosen")
     if chosen:
         return f"{name} (T={chosen['temperature']:g}, P={chosen['top_p']:g})"
+    tuned = entry.get("tuned_on_dev")
+    if tuned:
+        return f"{name} ({tuned['decoding']})"
     return name
 
 
@@ -81,17 +90,49 @@ def markdown_table(document: dict[str, Any]) -> str:
             "",
             f"**{short[task]}** (`{task}`)",
             "",
-            "| strategy | pass@1 % | ± | pass@k % | k | problems | mean length | T mean (sd) | P mean (sd) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| strategy | pass@1 % | ± | pass@k % | maj@k % | k | problems | mean length | T mean (sd) | P mean (sd) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for strategy, entry in results[task].items():
             t, p = entry["temperature"], entry["top_p"]
             out.append(
                 f"| {_strategy_label(strategy, entry)} | {_percent(entry['pass@1'])} | {_percent(entry['stderr'])} | "
-                f"{_percent(entry['pass@k'])} | {entry['k']} | {entry['problems']} | {entry['mean_length']:.1f} | "
-                f"{t['mean']:.3f} ({t['std']:.3f}) | {p['mean']:.3f} ({p['std']:.3f}) |"
+                f"{_percent(entry['pass@k'])} | {_percent(entry.get('maj@k'))} | {entry['k']} | {entry['problems']} | "
+                f"{entry['mean_length']:.1f} | {t['mean']:.3f} ({t['std']:.3f}) | {p['mean']:.3f} ({p['std']:.3f}) |"
             )
+    out += _frontier_lines(document.get("frontier"), short)
     return "\n".join(out) + "\n"
+
+
+def _frontier_lines(frontier: dict[str, Any] | None, short: dict[str, str]) -> list[str]:
+    if not frontier:
+        return []
+    tasks = list(frontier["tasks"])
+    names: list[str] = []
+    for entries in frontier["tasks"].values():
+        names.extend(n for n in entries if n not in names)
+    boot = frontier["bootstrap"]
+    out = [
+        "",
+        f"**Frontier gain** (pass@1 points above the static-T curve at the same pass@k; "
+        f"{100 * boot['confidence']:.0f}% paired bootstrap over problems, {boot['resamples']} resamples, seed {boot['seed']})",
+        "",
+        "| strategy | " + " | ".join(short.get(t, t) for t in tasks) + " | mean |",
+        "|---|" + "---|" * (len(tasks) + 1),
+    ]
+    for name in names:
+        cells = []
+        for task in tasks:
+            entry = frontier["tasks"][task].get(name)
+            cells.append("—" if entry is None else _gain_cell(entry))
+        mean = frontier["mean_over_tasks"].get(name)
+        cells.append("—" if mean is None else _gain_cell(mean))
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _gain_cell(entry: dict[str, Any]) -> str:
+    return f"{100 * entry['gain']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
 
 
 def write_markdown(document: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -141,4 +182,73 @@ def write_plot(document: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     return target
 
 
-__all__ = ["markdown_table", "results_document", "write_json", "write_markdown", "write_plot"]
+def _scale_of(decoding: str) -> float | None:
+    """The temperature scale of a both-heads decoding (``autodeco`` = 1, ``autodeco@S`` = S), else None."""
+    if decoding == "autodeco":
+        return 1.0
+    if decoding.startswith("autodeco@"):
+        try:
+            return float(decoding.split("@", 1)[1])
+        except ValueError:
+            return None
+    return None
+
+
+def write_pareto(document: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """pass@1 against pass@k, one panel per task and one for the mean over tasks: the static-T curve,
+    the heads' temperature-scale curve, and every other strategy as a labelled point."""
+    from .._deps import require
+
+    matplotlib = require("matplotlib", purpose="The --pareto chart")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = document["results"]
+    tasks = list(results)
+    panels: dict[str, dict[str, tuple[float, float, str]]] = {}
+    for task in tasks:
+        panels[task] = {
+            name: (100 * entry["pass@k"], 100 * entry["pass@1"], entry["decoding"])
+            for name, entry in results[task].items() if entry["pass@1"] is not None and entry["pass@k"] is not None
+        }
+    if len(tasks) > 1:
+        common = [n for n in panels[tasks[0]] if all(n in panels[t] for t in tasks)]
+        panels["mean over tasks"] = {
+            n: (sum(panels[t][n][0] for t in tasks) / len(tasks), sum(panels[t][n][1] for t in tasks) / len(tasks),
+                panels[tasks[0]][n][2]) for n in common
+        }
+    short = short_task_names(tasks)
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.0 * rows), squeeze=False)
+    for axes, (panel, points) in zip(axes_grid.flat, panels.items()):
+        static = sorted((curve_temperature(d), x, y) for x, y, d in points.values() if curve_temperature(d) is not None)
+        heads = sorted((_scale_of(d), x, y) for x, y, d in points.values() if _scale_of(d) is not None)
+        if static:
+            axes.plot([p[1] for p in static], [p[2] for p in static], "o-", color="tab:blue", label="static T (P=1)")
+            for t, x, y in static:
+                axes.annotate(f"{t:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color="tab:blue")
+        if heads:
+            axes.plot([p[1] for p in heads], [p[2] for p in heads], "s-", color="tab:red", label="heads × scale S")
+            for scale, x, y in heads:
+                axes.annotate(f"{scale:g}", (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points", color="tab:red")
+        for name, (x, y, decoding) in points.items():
+            if curve_temperature(decoding) is None and _scale_of(decoding) is None:
+                axes.plot([x], [y], "^", color="0.35", markersize=4)
+                axes.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points", color="0.25")
+        axes.set_title(short.get(panel, panel), fontsize=10)
+        axes.set_xlabel("pass@k (%)")
+        axes.set_ylabel("pass@1 (%)")
+        axes.grid(alpha=0.3)
+    for axes in list(axes_grid.flat)[len(panels):]:
+        axes.set_visible(False)
+    axes_grid.flat[0].legend(fontsize="small", frameon=False)
+    figure.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
+
+
+__all__ = ["markdown_table", "results_document", "write_json", "write_markdown", "write_pareto", "write_plot"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._deps import require
 from .cache import ResultCache, fingerprint
-from .metrics import RunningMoments, mean_and_stderr, pass_at_k
+from .metrics import RunningMoments, majority_correct, mean_and_stderr, pass_at_k
 from ..sampling import derive_seed
 from ..strategies import parse_strategy
 from .strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS, Decoding, EvalStrategy, static_decoding
@@ -53,6 +53,9 @@ class DecodingSummary:
     temperature_std: float
     top_p_mean: float
     top_p_std: float
+    maj_at_k: float = math.nan
+    # Per problem, in task order: (pass@1, pass@k, maj@k); what the paired bootstrap resamples.
+    per_problem: list[tuple[float, float, float]] = field(default_factory=list, repr=False)
     generated_tokens: int = 0  # generated in this process (cached problems excluded)
     generation_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +65,7 @@ class DecodingSummary:
             "pass@1": self.pass_at_1,
             "stderr": self.stderr,
             "pass@k": self.pass_at_k,
+            "maj@k": self.maj_at_k,
             "k": self.samples,
             "samples": self.samples,
             "problems": self.problems,
@@ -74,18 +78,27 @@ class DecodingSummary:
         return out
 
 
-def summarize(decoding: str, records: Sequence[dict[str, Any]]) -> DecodingSummary:
-    """pass@1 +- standard error over problems, pass@K, lengths and applied T / P moments."""
-    per_problem, at_k = [], []
+def summarize(
+    decoding: str, records: Sequence[dict[str, Any]], answer_keys: Sequence[Callable[[str], str | None]] | None = None
+) -> DecodingSummary:
+    """pass@1 +- standard error over problems, pass@K, maj@K, lengths and applied T / P moments.
+
+    ``answer_keys[i]`` reads the normalised answer of a completion of problem i (``Problem.answer_key``),
+    for the majority vote; without it maj@K is NaN.
+    """
+    per_problem, at_k, majority = [], [], []
     lengths: list[int] = []
     temperature, top_p = RunningMoments(), RunningMoments()
     samples = 0
-    for record in records:
+    for position, record in enumerate(records):
         scores = [s["score"] for s in record["samples"]]
         solved = sum(score >= SOLVED for score in scores)
         samples = len(scores)
         per_problem.append(solved / len(scores))
         at_k.append(pass_at_k(len(scores), solved, len(scores)))
+        if answer_keys is not None:
+            keys = [answer_keys[position](s["text"]) for s in record["samples"]]
+            majority.append(float(majority_correct(keys, [score >= SOLVED for score in scores])))
         for s in record["samples"]:
             lengths.append(s["length"])
             temperature.add_sums(s["length"], *s["temperature_sums"])
@@ -103,6 +116,8 @@ def summarize(decoding: str, records: Sequence[dict[str, Any]]) -> DecodingSumma
         temperature_std=temperature.std,
         top_p_mean=top_p.mean,
         top_p_std=top_p.std,
+        maj_at_k=sum(majority) / len(majority) if majority else math.nan,
+        per_problem=[(p1, pk, majority[i] if majority else math.nan) for i, (p1, pk) in enumerate(zip(per_problem, at_k))],
     )
 
 
@@ -151,10 +166,17 @@ class EvaluationRunner:
         oracle_temperatures: Sequence[float] = ORACLE_TEMPERATURES,
         oracle_top_ps: Sequence[float] = ORACLE_TOP_PS,
         oracle_samples: int | None = None,
+        dev_samples: int | None = None,
+        dev_problems: int | None = None,
     ) -> None:
+        from .tuning import DEV_PROBLEMS, DEV_SAMPLES
+
         oracle_samples = samples if oracle_samples is None else oracle_samples
+        dev_samples = DEV_SAMPLES if dev_samples is None else dev_samples
+        dev_problems = DEV_PROBLEMS if dev_problems is None else dev_problems
         for name, value in (("samples", samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
-                            ("oracle_samples", oracle_samples)):
+                            ("oracle_samples", oracle_samples), ("dev_samples", dev_samples),
+                            ("dev_problems", dev_problems)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` has to be a positive integer, got {value!r}.")
         self.model = model
@@ -169,6 +191,12 @@ class EvaluationRunner:
         self.oracle_temperatures = tuple(oracle_temperatures)
         self.oracle_top_ps = tuple(oracle_top_ps)
         self.oracle_samples = oracle_samples
+        self.dev_samples = dev_samples
+        self.dev_problems = dev_problems
+        # Prompts of every evaluation task of the run: the dev split never contains them.
+        self.evaluation_prompts: set[str] = set()
+        self._dev_tasks: list[Task] | None = None
+        self._tuned: dict[str, Any] = {}
         self._summaries: dict[tuple[str, str], DecodingSummary] = {}
         self.generated_tokens = 0
         self.generation_seconds = 0.0
@@ -197,7 +225,7 @@ class EvaluationRunner:
             "max_new_tokens": self.max_new_tokens,
             # Samples drawn by deco_middleware.engine (shared prefill, finished rows dropped); the
             # earlier generate()-based loop drew the same distributions but other numbers.
-            "sampler": "engine-v1",
+            "sampler": "engine-v2",  # one decode_step + draw (structure)
         }
         if decoding.learned:
             parts["heads"] = self.heads.manifest.onnx.sha256
@@ -236,7 +264,7 @@ class EvaluationRunner:
             records[record["problem"]] = record
             self.progress.advance(handle, sum(s["length"] for s in record["samples"]))
         self.progress.finish(handle)
-        summary = summarize(decoding.key, [records[p.id] for p in task.problems])
+        summary = summarize(decoding.key, [records[p.id] for p in task.problems], [p.answer_key for p in task.problems])
         summary.generated_tokens = self.generated_tokens - tokens_before
         summary.generation_seconds = self.generation_seconds - seconds_before
         self._summaries[memo] = summary
@@ -293,6 +321,9 @@ class EvaluationRunner:
             return self._oracle(task)
         if strategy.name == "mean-static":
             return self._mean_static(task)
+        if strategy.tuned:
+            choice = self.tune(strategy.name, extra_prompts=[p.prompt for p in task.problems])
+            return _with_extra(self.run_decoding(task, choice.decoding), {"tuned_on_dev": choice.as_dict()})
         raise ValueError(f"Strategy {strategy.name!r} has no decoding.")  # parse_eval_strategy prevents this
 
     def _oracle(self, task: Task) -> DecodingSummary:
@@ -316,8 +347,69 @@ class EvaluationRunner:
         summary = self.run_decoding(task, static_decoding(temperature, top_p))
         return _with_extra(summary, {"chosen": {"temperature": temperature, "top_p": top_p, "from": "autodeco"}})
 
+    # -- baselines tuned on the dev split (evaluation/tuning.py) ------------------------------------
+
+    @property
+    def dev_split(self) -> list[Task] | None:
+        """The dev tasks, once a tuned strategy has built them (else ``None``)."""
+        return self._dev_tasks
+
+    def dev_tasks(self, extra_prompts: Sequence[str] = ()) -> list[Task]:
+        """The dev split: the training tasks at :data:`~.tuning.DEV_SEED`, minus every evaluation prompt."""
+        if self._dev_tasks is None:
+            from ..training.data import TRAINING_TASKS
+            from .tasks import reasoning_gym_problems
+            from .tuning import DEV_SEED, DEV_TASKS
+
+            exclude = frozenset(self.evaluation_prompts | set(extra_prompts))
+            tasks = []
+            for name in DEV_TASKS:
+                # Small configurations repeat prompts a lot (products has 100 distinct): draw many.
+                problems, _ = reasoning_gym_problems(name, dict(TRAINING_TASKS[name]), seed=DEV_SEED,
+                                                     size=20 * self.dev_problems, count=self.dev_problems,
+                                                     exclude=exclude)
+                tasks.append(Task(spec=f"dev:{name}?seed={DEV_SEED}", problems=problems,
+                                  description=f"dev split of {name} (seed {DEV_SEED}, {len(problems)} problems)"))
+            self._dev_tasks = tasks
+        return self._dev_tasks
+
+    def dev_pass_at_1(self, decoding: Decoding, extra_prompts: Sequence[str] = ()) -> float:
+        """pass@1 pooled over every problem of the dev split (``dev_samples`` samples each)."""
+        tasks = self.dev_tasks(extra_prompts)
+        summaries = [self.run_decoding(dev, decoding, self.dev_samples) for dev in tasks]
+        problems = sum(s.problems for s in summaries)
+        return sum(s.pass_at_1 * s.problems for s in summaries) / problems
+
+    def dev_mean_temperature(self, extra_prompts: Sequence[str] = ()) -> float:
+        """The heads' mean applied temperature over the dev split (token-weighted), rounded to 3 decimals."""
+        if self.heads is None:
+            raise ValueError("Strategy 'dev:edt' takes T0 from the heads' mean temperature; pass --heads (or `heads=`).")
+        summaries = [self.run_decoding(dev, parse_strategy("autodeco"), self.dev_samples) for dev in self.dev_tasks(extra_prompts)]
+        weights = [s.mean_length * s.problems for s in summaries]
+        return round(sum(s.temperature_mean * w for s, w in zip(summaries, weights)) / sum(weights), 3)
+
+    def tune(self, name: str, extra_prompts: Sequence[str] = ()) -> Any:
+        """The dev-tuned choice of ``dev-static`` or ``dev:FAMILY`` (searched once per runner)."""
+        from .tuning import TunedChoice, family_grid, pick_best, select_dev_static
+
+        if name not in self._tuned:
+            def score(decoding: Decoding) -> float:
+                return self.dev_pass_at_1(decoding, extra_prompts)
+
+            if name == "dev-static":
+                best, scores = select_dev_static(score)
+            else:
+                family = name[len("dev:") :]
+                base = self.dev_mean_temperature(extra_prompts) if family == "edt" else None
+                best, scores = pick_best(family_grid(family, base), score)
+            dev_problems = sum(len(t) for t in self.dev_tasks(extra_prompts))
+            self._tuned[name] = TunedChoice(best, scores, dev_problems, self.dev_samples)
+        return self._tuned[name]
+
     def evaluate(self, tasks: Sequence[Task], strategies: Sequence[EvalStrategy]) -> dict[str, dict[str, DecodingSummary]]:
         """``{task spec: {strategy name: summary}}``, in the order given."""
+        for task in tasks:
+            self.evaluation_prompts.update(problem.prompt for problem in task.problems)
         results: dict[str, dict[str, DecodingSummary]] = {}
         for task in tasks:
             results[task.spec] = {strategy.name: self.run_strategy(task, strategy) for strategy in strategies}

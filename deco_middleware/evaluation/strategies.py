@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..strategies import EDT_DEFAULTS, Strategy, parse_strategy, strategy_help
+from ..strategies import Strategy, parse_strategy, strategy_help
 from .errors import UnknownStrategyError
 
 # One concrete decoding of the harness is one strategy of the library vocabulary.
@@ -21,6 +21,9 @@ Decoding = Strategy
 META_STRATEGY_HELP = {
     "oracle": "static grid tuned on the test set itself: T 0.1..1.5 (step 0.1) at P=1, then P 0.5..1.0 (step 0.05)",
     "mean-static": "static T, P = the mean of the heads' own predictions in the autodeco run on that task",
+    "dev-static": "static (T, P) tuned on the dev split of the training tasks: T first at P=1, then P",
+    "dev:FAMILY": "a baseline family (confidence, entropy-adaptive, entropy-continuous, edt, top-n-sigma, p-less, "
+    "min-p) with its parameters tuned on the dev split; `tuned-baselines` names all of them and dev-static",
 }
 
 
@@ -34,6 +37,18 @@ def eval_strategy_help() -> dict[str, str]:
 
 STRATEGY_HELP = eval_strategy_help()
 STRATEGY_NAMES = tuple(STRATEGY_HELP)
+
+# The sweep of issue #12: greedy, static T at P=1, and the heads at several temperature scales.
+SWEEP_TEMPERATURES = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+SWEEP_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+SWEEP_STRATEGIES = (
+    "greedy",
+    *(f"static:{t:g},1" for t in SWEEP_TEMPERATURES),
+    *(f"autodeco@{s:g}" for s in SWEEP_SCALES),
+)
+# Families tuned on the dev split (see evaluation/tuning.py), and the meta name that expands to all.
+TUNED_FAMILIES = ("confidence", "entropy-adaptive", "entropy-continuous", "edt", "top-n-sigma", "p-less", "min-p")
+TUNED_BASELINES = ("dev-static", *(f"dev:{family}" for family in TUNED_FAMILIES))
 
 ORACLE_TEMPERATURES = tuple(round(0.1 * i, 2) for i in range(1, 16))
 ORACLE_TOP_PS = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))
@@ -53,13 +68,23 @@ class EvalStrategy:
 
     @property
     def needs_heads(self) -> bool:
-        return self.name == "mean-static" or (self.decoding is not None and self.decoding.learned)
+        # dev:edt takes its T0 from the heads' mean temperature on the dev split.
+        return self.name in ("mean-static", "dev:edt") or (self.decoding is not None and self.decoding.learned)
+
+    @property
+    def tuned(self) -> bool:
+        """Tuned on the dev split of the training tasks before it runs on the test tasks."""
+        return self.name == "dev-static" or self.name.startswith("dev:")
 
 
 def parse_eval_strategy(text: str) -> EvalStrategy:
     """Parse a strategy name; unknown names fail listing the valid ones."""
     name = text.strip()
-    if name in META_STRATEGY_HELP:
+    if name in ("oracle", "mean-static", "dev-static"):
+        return EvalStrategy(name)
+    if name.startswith("dev:"):
+        if name[len("dev:") :] not in TUNED_FAMILIES:
+            raise UnknownStrategyError(f"Strategy {name!r}: tuned families are {', '.join(TUNED_FAMILIES)}.")
         return EvalStrategy(name)
     try:
         return EvalStrategy(name, parse_strategy(name))
@@ -71,6 +96,16 @@ def parse_eval_strategy(text: str) -> EvalStrategy:
         raise
 
 
+def expand_strategy_names(names: list[str], *, sweep: bool = False) -> list[str]:
+    """The names as given, ``tuned-baselines`` expanded, then the sweep's (duplicates dropped, order kept)."""
+    out: list[str] = []
+    for name in [*names, *(SWEEP_STRATEGIES if sweep else ())]:
+        for item in (TUNED_BASELINES if name.strip() == "tuned-baselines" else (name.strip(),)):
+            if item not in out:
+                out.append(item)
+    return out
+
+
 __all__ = [
     "EDT_DEFAULTS",
     "META_STRATEGY_HELP",
@@ -78,9 +113,15 @@ __all__ = [
     "ORACLE_TOP_PS",
     "STRATEGY_HELP",
     "STRATEGY_NAMES",
+    "SWEEP_SCALES",
+    "SWEEP_STRATEGIES",
+    "SWEEP_TEMPERATURES",
+    "TUNED_BASELINES",
+    "TUNED_FAMILIES",
     "Decoding",
     "EvalStrategy",
     "eval_strategy_help",
+    "expand_strategy_names",
     "parse_eval_strategy",
     "static_decoding",
 ]

@@ -8,6 +8,9 @@ Specs:
   the harness's own: ``seed`` (the dataset seed; default :data:`DEFAULT_TASK_SEED`, which training
   does not use, so problems are held out unless a small config repeats them) and ``size`` (how
   many problems to draw before duplicates are removed).
+The same loader and grader serve training (``training.data.make_problems`` builds its prompts with
+:func:`reasoning_gym_problems`) and evaluation, so a sample counts as solved by one rule everywhere.
+
 - a path to a JSONL file of ``{"prompt": str, "answer": str, "match": "number"|"exact"|"contains"}``
   lines; ``match`` defaults to ``number`` when the answer parses as a number, else ``exact``;
   other keys are ignored; blank lines are skipped and a byte-order mark is accepted (the rules of
@@ -26,7 +29,7 @@ from urllib.parse import unquote
 from .._deps import require
 from ..jsonl import iter_jsonl
 from .errors import TaskSpecError
-from .extraction import MATCH_RULES, candidate_answer, parse_number, score_completion
+from .extraction import MATCH_RULES, answer_key, grade_with_scorer, parse_number, score_completion
 
 DEFAULT_TASK_SEED = 90_210
 # Problems drawn before duplicates are removed, per problem asked for: small configs repeat a lot.
@@ -35,12 +38,22 @@ _OVERDRAW = 5
 
 @dataclass(frozen=True)
 class Problem:
-    """One prompt and how to grade a completion of it."""
+    """One prompt and how to grade a completion of it (training and evaluation use this one class).
+
+    ``grade(completion)`` is the score (1.0 = solved); ``answer_key(completion)`` is the answer the
+    grader read, normalised so that equal keys grade alike (``None``: no answer), which is what a
+    majority vote (maj@k) counts. reasoning-gym problems also carry their task name, dataset index
+    and entry (the task's own ``score_answer`` reads the entry).
+    """
 
     id: str
     prompt: str
     answer: str
     grade: Callable[[str], float] = field(compare=False, repr=False)
+    answer_key: Callable[[str], str | None] = field(compare=False, repr=False, default=lambda completion: None)
+    task: str = ""
+    index: int = -1
+    entry: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -80,18 +93,19 @@ def parse_reasoning_gym_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-def _load_reasoning_gym(spec: str, limit: int | None) -> Task:
+def reasoning_gym_problems(
+    name: str, options: dict[str, Any], *, seed: int, size: int, count: int, exclude: frozenset[str] = frozenset()
+) -> tuple[list[Problem], Any]:
+    """The first ``count`` distinct prompts of reasoning-gym's ``name`` dataset (``size`` items drawn
+    with ``seed``), skipping prompts in ``exclude``; and the dataset (its ``score_answer`` grades).
+
+    Raises ``ValueError``/``TypeError``/``KeyError``/``AssertionError`` from reasoning-gym for bad
+    names or options; callers turn them into their own error.
+    """
     reasoning_gym = require("reasoning_gym", purpose="reasoning-gym tasks (rg:NAME)")
-    name, options = parse_reasoning_gym_spec(spec)
-    seed = options.pop("seed", DEFAULT_TASK_SEED)
-    wanted = limit if limit is not None else 100
-    size = options.pop("size", wanted * _OVERDRAW)
-    try:
-        dataset = reasoning_gym.create_dataset(name, seed=seed, size=size, **options)
-    except Exception as error:  # reasoning-gym raises KeyError/TypeError/AssertionError for bad names/options
-        raise TaskSpecError(f"Task {spec!r}: reasoning-gym could not build {name!r} with {options}: {error!r}") from error
+    dataset = reasoning_gym.create_dataset(name, seed=seed, size=size, **options)
     problems: list[Problem] = []
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
     for index in range(len(dataset)):
         entry = dataset[index]
         question = entry["question"]
@@ -100,12 +114,28 @@ def _load_reasoning_gym(spec: str, limit: int | None) -> Task:
         seen.add(question)
         reference = str(entry["answer"])
 
-        def grade(completion: str, entry: dict[str, Any] = entry, reference: str = reference) -> float:
-            return float(dataset.score_answer(candidate_answer(completion, reference), entry))
+        def grade(completion: str, entry: dict[str, Any] = entry) -> float:
+            return grade_with_scorer(completion, entry, dataset.score_answer)
 
-        problems.append(Problem(id=str(index), prompt=question, answer=reference, grade=grade))
-        if len(problems) == wanted:
+        def key(completion: str, reference: str = reference) -> str | None:
+            return answer_key(completion, reference)
+
+        problems.append(Problem(id=str(index), prompt=question, answer=reference, grade=grade, answer_key=key,
+                                task=name, index=index, entry=entry))
+        if len(problems) == count:
             break
+    return problems, dataset
+
+
+def _load_reasoning_gym(spec: str, limit: int | None) -> Task:
+    name, options = parse_reasoning_gym_spec(spec)
+    seed = options.pop("seed", DEFAULT_TASK_SEED)
+    wanted = limit if limit is not None else 100
+    size = options.pop("size", wanted * _OVERDRAW)
+    try:
+        problems, _ = reasoning_gym_problems(name, options, seed=seed, size=size, count=wanted)
+    except Exception as error:  # reasoning-gym raises KeyError/TypeError/AssertionError for bad names/options
+        raise TaskSpecError(f"Task {spec!r}: reasoning-gym could not build {name!r} with {options}: {error!r}") from error
     description = f"reasoning-gym {name} (seed {seed}, {len(problems)} distinct of {size} drawn)"
     return Task(spec=spec, problems=problems, description=description)
 
@@ -145,7 +175,10 @@ def _problem_from_record(path: Path, line_number: int, record: Any) -> Problem:
     def grade(completion: str, answer: str = answer, match: str = match) -> float:
         return score_completion(completion, answer, match)
 
-    return Problem(id=str(line_number), prompt=prompt, answer=answer, grade=grade)
+    def key(completion: str, answer: str = answer) -> str | None:
+        return answer_key(completion, answer)
+
+    return Problem(id=str(line_number), prompt=prompt, answer=answer, grade=grade, answer_key=key)
 
 
 def load_task(spec: str, *, limit: int | None = None) -> Task:
@@ -157,4 +190,4 @@ def load_task(spec: str, *, limit: int | None = None) -> Task:
     return _load_jsonl(spec, limit)
 
 
-__all__ = ["DEFAULT_TASK_SEED", "Problem", "Task", "load_task", "parse_reasoning_gym_spec"]
+__all__ = ["DEFAULT_TASK_SEED", "Problem", "Task", "load_task", "parse_reasoning_gym_spec", "reasoning_gym_problems"]

@@ -19,7 +19,7 @@ from .data import (
     write_jsonl,
 )
 from .export import export_trained_heads, training_record
-from .grading import answer_candidates, grade_reply, is_correct
+from .grading import grade_reply, is_correct
 from .loss import (
     LossConfig,
     autodeco_loss,
@@ -40,7 +40,6 @@ __all__ = [
     "TrainConfig",
     "TrainingDataError",
     "TrainingInterrupted",
-    "answer_candidates",
     "autodeco_loss",
     "build_cache",
     "evaluate",

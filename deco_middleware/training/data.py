@@ -12,15 +12,15 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .._deps import require
 from ..errors import TrainingDataError
 from ..jsonl import iter_jsonl
 from ..manifest import atomic_write_bytes
 from ..progress import ProgressBar, ProgressCallback
+from ..evaluation.tasks import Problem, reasoning_gym_problems
 from .grading import grade_reply, CORRECT_SCORE
 
 # Easy configurations of the training tasks: a 135M model must solve them *sometimes* for
@@ -42,15 +42,6 @@ UnsolvedPolicy = Literal["drop", "reference"]
 
 
 
-@dataclass(frozen=True)
-class Problem:
-    task: str
-    index: int  # position in the seeded reasoning-gym dataset
-    prompt: str
-    answer: str
-    entry: dict[str, Any] = field(compare=False, repr=False)
-
-
 def task_config(task: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if task not in TRAINING_TASKS and overrides is None:
         return {}
@@ -63,24 +54,13 @@ def make_problems(task: str, count: int, seed: int, config: dict[str, Any] | Non
     Small configurations repeat prompts; the generator is asked for more items than needed and
     duplicates are skipped. Fewer than ``count`` come back when the configuration cannot make more.
     """
-    reasoning_gym = require("reasoning_gym", purpose="Building training prompts")
     config = task_config(task) if config is None else config
     pool = max(4 * count, count + 50)
     try:
-        dataset = reasoning_gym.create_dataset(task, size=pool, seed=seed, **config)
+        # The evaluation's loader: the same Problem class, deduplication and grader.
+        return reasoning_gym_problems(task, config, seed=seed, size=pool, count=count)
     except (ValueError, TypeError, KeyError, AssertionError) as error:
         raise TrainingDataError(f"reasoning-gym could not build task {task!r} with config {config}: {error}") from error
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for index in range(pool):
-        entry = dataset[index]
-        if entry["question"] in seen:
-            continue
-        seen.add(entry["question"])
-        problems.append(Problem(task, index, entry["question"], str(entry["answer"]), entry))
-        if len(problems) == count:
-            break
-    return problems, dataset
 
 
 @dataclass

@@ -1,0 +1,161 @@
+"""Frontier gain: does a strategy beat the static-temperature curve in (pass@k, pass@1)?
+
+Static sampling trades pass@1 for diversity: as T rises pass@k goes up and pass@1 down. The static
+curve is greedy (T = 0) and ``static:T,1`` for the sweep's temperatures, in order of T. A strategy's
+frontier gain is its pass@1 minus the curve's pass@1 at the strategy's pass@k, read by linear
+interpolation. Where several segments of the curve cover that pass@k, the highest one counts (the
+curve's upper envelope); beyond the curve's ends the nearest end's pass@1 is used. Both choices
+favour the static curve, so a positive gain is not an artefact of the interpolation.
+
+The 95% interval is a paired bootstrap over problems: one resample of problem indices is applied to
+the strategy and to every static point alike, so the interval reflects problem difficulty once.
+The bootstrap generator is seeded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .strategies import SWEEP_TEMPERATURES
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 12
+CONFIDENCE = 0.95
+
+_STATIC_AT_P1 = re.compile(r"static:T=([0-9.]+),P=1$")
+
+
+def curve_temperature(decoding: str) -> float | None:
+    """The temperature of a decoding on the static curve (greedy: 0), else ``None``."""
+    if decoding == "greedy":
+        return 0.0
+    match = _STATIC_AT_P1.fullmatch(decoding)
+    if match is None:
+        return None
+    temperature = float(match.group(1))
+    return temperature if any(math.isclose(temperature, t) for t in SWEEP_TEMPERATURES) else None
+
+
+def static_pass_at_1(curve: Sequence[tuple[float, float]], pass_at_k: float) -> float:
+    """The curve's pass@1 at ``pass_at_k``; ``curve`` holds (pass@k, pass@1) points in order of T."""
+    if not curve:
+        raise ValueError("The static curve needs at least one point.")
+    found = []
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        low, high = min(x0, x1), max(x0, x1)
+        if low <= pass_at_k <= high:
+            found.append(y0 if high == low else y0 + (y1 - y0) * (pass_at_k - x0) / (x1 - x0))
+    if found:
+        return max(found)
+    # Outside the curve: the pass@1 of the end nearest in pass@k (ties: the higher pass@1).
+    nearest = min(curve, key=lambda point: (abs(point[0] - pass_at_k), -point[1]))
+    return nearest[1]
+
+
+def frontier_gain(pass_at_1: float, pass_at_k: float, curve: Sequence[tuple[float, float]]) -> float:
+    """``pass_at_1`` minus the static curve's pass@1 at ``pass_at_k``."""
+    return pass_at_1 - static_pass_at_1(curve, pass_at_k)
+
+
+@dataclass(frozen=True)
+class GainEstimate:
+    gain: float
+    low: float
+    high: float
+    static_pass_at_1: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"gain": self.gain, "low": self.low, "high": self.high, "static_pass@1_at_its_pass@k": self.static_pass_at_1}
+
+
+def _gain_samples(strategy: np.ndarray, curve: list[np.ndarray], index: np.ndarray) -> np.ndarray:
+    """Frontier gain on each bootstrap resample; arrays are [problems, 2] of (pass@1, pass@k)."""
+    out = np.empty(index.shape[0])
+    means = strategy[index].mean(axis=1)  # [B, 2]
+    curve_means = [points[index].mean(axis=1) for points in curve]  # each [B, 2]
+    for b in range(index.shape[0]):
+        points = [(float(m[b, 1]), float(m[b, 0])) for m in curve_means]
+        out[b] = frontier_gain(float(means[b, 0]), float(means[b, 1]), points)
+    return out
+
+
+def _per_problem(summary: Any) -> np.ndarray:
+    return np.array([(p1, pk) for p1, pk, _ in summary.per_problem], dtype=np.float64)
+
+
+def frontier_table(
+    results: Mapping[str, Mapping[str, Any]], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, Any] | None:
+    """Frontier gains of every strategy off the static curve, per task and averaged over tasks.
+
+    ``results`` is ``{task: {strategy: DecodingSummary}}``. ``None`` when no task has at least two
+    points of the static curve. Tasks without the curve, or strategies with one sample (their
+    pass@k is their pass@1), are left out.
+    """
+    rng = np.random.default_rng(seed)
+    per_task: dict[str, dict[str, Any]] = {}
+    draws: dict[str, list[np.ndarray]] = {}
+    curves: dict[str, list[str]] = {}
+    for task, by_strategy in results.items():
+        points: dict[float, Any] = {}
+        for summary in by_strategy.values():
+            temperature = curve_temperature(summary.decoding)
+            if temperature is not None and summary.per_problem:
+                points.setdefault(temperature, summary)
+        if len(points) < 2:
+            continue
+        ordered = [points[t] for t in sorted(points)]
+        curves[task] = [s.decoding for s in ordered]
+        curve_arrays = [_per_problem(s) for s in ordered]
+        problems = curve_arrays[0].shape[0]
+        index = rng.integers(0, problems, size=(resamples, problems))
+        curve_points = [(float(a[:, 1].mean()), float(a[:, 0].mean())) for a in curve_arrays]
+        entries: dict[str, Any] = {}
+        for name, summary in by_strategy.items():
+            if curve_temperature(summary.decoding) is not None or summary.samples < 2 or not summary.per_problem:
+                continue
+            values = _per_problem(summary)
+            if values.shape[0] != problems:
+                continue
+            gain = frontier_gain(float(values[:, 0].mean()), float(values[:, 1].mean()), curve_points)
+            samples = _gain_samples(values, curve_arrays, index)
+            draws.setdefault(name, []).append(samples)
+            low, high = np.quantile(samples, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+            static = static_pass_at_1(curve_points, float(values[:, 1].mean()))
+            entries[name] = GainEstimate(gain, float(low), float(high), static).as_dict()
+        per_task[task] = entries
+    if not per_task:
+        return None
+    mean: dict[str, Any] = {}
+    for name, samples in draws.items():
+        tasks = [task for task, entries in per_task.items() if name in entries]
+        if len(tasks) != len(per_task):
+            continue  # a mean over a different set of tasks would not compare
+        stacked = np.mean(np.stack(samples), axis=0)
+        low, high = np.quantile(stacked, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+        gain = float(np.mean([per_task[task][name]["gain"] for task in tasks]))
+        mean[name] = {"gain": gain, "low": float(low), "high": float(high), "tasks": len(tasks)}
+    return {
+        "static_curve": curves,
+        "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "paired_over": "problems"},
+        "tasks": per_task,
+        "mean_over_tasks": mean,
+    }
+
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CONFIDENCE",
+    "GainEstimate",
+    "curve_temperature",
+    "frontier_gain",
+    "frontier_table",
+    "static_pass_at_1",
+]

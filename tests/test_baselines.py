@@ -170,7 +170,7 @@ def test_a_baseline_runs_through_the_one_decoding_step_with_greedy_rows():
     kept = torch_.isfinite(step.scores).sum(dim=-1).numpy()
     assert (kept[greedy] == 1).all() and (kept[~greedy] == logits.shape[-1]).all()
     assert (step.scores.argmax(dim=-1) == logits.argmax(dim=-1))[torch_.from_numpy(greedy)].all()
-    chosen = draw(step.scores, np.full(8, 0.5))
+    chosen = draw(step.scores, np.full(logits.shape[0], 0.5))
     assert (chosen[greedy] == logits.argmax(dim=-1).numpy()[greedy]).all()
 
 

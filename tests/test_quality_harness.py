@@ -146,8 +146,10 @@ def test_heads_at_a_scale_share_autodecos_cache_at_scale_one():
     assert parse_eval_strategy("autodeco@0.5").decoding.key == "autodeco@0.5"
     assert parse_eval_strategy("scale:0.5").decoding.key == "autodeco@0.5"
     assert parse_eval_strategy("autodeco@0.5").needs_heads
-    with pytest.raises(UnknownStrategyError, match="S must be > 0"):
-        parse_eval_strategy("autodeco@0")
+    # The one vocabulary: scale 0 is greedy through the heads (as temperature_scale=0 everywhere).
+    assert parse_eval_strategy("autodeco@0").decoding.temperature_scale == 0.0
+    with pytest.raises(UnknownStrategyError, match="must be >= 0"):
+        parse_eval_strategy("autodeco@-1")
 
 
 def test_baselines_and_tuned_strategies_parse():
@@ -166,9 +168,9 @@ def test_baselines_and_tuned_strategies_parse():
 
 
 def test_pick_best_keeps_the_earliest_of_equal_scores():
-    from deco_middleware.evaluation.strategies import Decoding
+    from deco_middleware.strategies import parse_strategy
 
-    grid = [Decoding("static", t, 1.0) for t in (0.1, 0.3, 0.5)]
+    grid = [parse_strategy(f"static:{t},1") for t in (0.1, 0.3, 0.5)]
     scores = {0.1: 0.4, 0.3: 0.5, 0.5: 0.5}
     best, seen = pick_best(grid, lambda d: scores[d.temperature])
     assert best.temperature == 0.3 and list(seen) == [d.key for d in grid]

@@ -207,7 +207,7 @@ def _config(tasks: list[Any], strategy_names: list[str], runner: Any, *, model: 
     import transformers
 
     from .._version import __version__
-    from ..evaluation.strategies import EDT_DEFAULTS
+    from ..strategies import EDT_DEFAULTS
 
     seconds = runner.generation_seconds
     return {

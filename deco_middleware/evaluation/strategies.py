@@ -107,7 +107,6 @@ def expand_strategy_names(names: list[str], *, sweep: bool = False) -> list[str]
 
 
 __all__ = [
-    "EDT_DEFAULTS",
     "META_STRATEGY_HELP",
     "ORACLE_TEMPERATURES",
     "ORACLE_TOP_PS",

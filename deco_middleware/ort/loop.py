@@ -110,7 +110,8 @@ class OnnxGenerator:
     ) -> None:
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
-        self.lm = lm if isinstance(lm, OnnxCausalLM) else OnnxCausalLM(lm)
+        # Any object with OnnxCausalLM's prefill / step / identity serves (the onnxruntime-genai adapter does).
+        self.lm = OnnxCausalLM(lm) if isinstance(lm, (str, os.PathLike)) else lm
         self.heads = heads if heads is None or isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
         settings = settings or DecodingSettings(**settings_kwargs)
         if self.heads is not None:

@@ -187,10 +187,17 @@ def export_genai(
                 f"`lm_head.weight`), then run `{fix_command(source, out_dir)}` on that folder."
             )
         if not (parity["max_abs_diff_logits"] <= atol and parity["max_abs_diff_hidden_state"] <= atol):
+            hint = (
+                "The config ties the embeddings to the LM head: if the checkpoint holds an `lm_head.weight` that differs "
+                "from the embeddings, the builder and transformers disagree on which one to use. Save the model with "
+                f"`tie_word_embeddings=False` (or drop the extra `lm_head.weight`), then run `{fix_command(source, out_dir)}`."
+                if parity["tied_word_embeddings"]
+                else "This architecture may not build faithfully with this onnxruntime-genai version."
+            )
             raise GenaiExportError(
                 f"The onnxruntime-genai model differs from torch by {parity['max_abs_diff_logits']:.3g} in logits and "
                 f"{parity['max_abs_diff_hidden_state']:.3g} in the hidden state, more than atol={atol:g}; nothing was kept. "
-                "This architecture may not build faithfully with this onnxruntime-genai version."
+                + hint
             )
         report = GenaiExportReport(
             directory=str(out_dir), base_model=identity.model_dump(mode="json"), parity=parity,

@@ -249,3 +249,16 @@ def test_a_transformers_folder_passed_as_a_genai_model_names_the_build_command(t
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="--format genai"):
         resolve_genai_model(tmp_path)
+
+
+@pytest.mark.model
+def test_bench_times_the_genai_loop_with_and_without_heads_against_the_ort_loop(genai_lm, ort_lm, heads, tokenizer):
+    from deco_middleware.bench import run_bench, to_markdown
+
+    result = run_bench(None, None, heads, batch_sizes=[2], new_tokens=4, repeats=1, ort_lm=ort_lm,
+                       ort_tokenizer=tokenizer, genai_lm=genai_lm, genai_tokenizer=tokenizer)
+    genai = [run for run in result["runs"] if run["backend"] == "genai"]
+    assert len(genai) == 1 and genai[0]["time_ratio"] > 0 and genai[0]["autodeco_tokens_per_s"] > 0
+    assert set(result["heads_step_us"]) == {"ort", "genai"}
+    table = to_markdown(result)
+    assert "| genai | 2 |" in table and "onnxruntime-genai loop vs our ORT loop" in table

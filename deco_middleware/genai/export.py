@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DecoError
+from ..errors import DecoError, MissingDependencyError
 from ..manifest import atomic_write_bytes
 from .model import GENAI_CONFIG_NAME, GENAI_EXPORT_INFO_NAME, GenaiCausalLM, fix_command
 
@@ -145,7 +145,13 @@ def export_genai(
     Raises :class:`GenaiExportError` (and keeps nothing) when logits or hidden state differ from torch by more
     than ``atol``, or when the logits are not ``h @ W^T`` (a builder that mishandled the LM head).
     """
-    require("onnxruntime_genai.models.builder", purpose="Building an onnxruntime-genai model (`--format genai`)")
+    try:
+        require("onnxruntime_genai.models.builder", purpose="Building an onnxruntime-genai model (`--format genai`)")
+    except MissingDependencyError as error:  # genai 0.18's builder imports model classes of transformers 5.x
+        raise MissingDependencyError(
+            f"{error}. The builder of onnxruntime-genai 0.18 needs transformers 5.x: "
+            "pip install 'transformers>=5,<6' 'deco-middleware[genai]'"
+        ) from error
     torch = require("torch", purpose="Validating an onnxruntime-genai export")
     from ..ort.compat import load_causal_lm
     from ..ort.export import exported_identity

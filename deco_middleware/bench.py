@@ -261,8 +261,8 @@ def bench_torch(
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Runs and per-step costs of a model driven by Hugging Face ``generate`` (torch or Optimum)."""
     torch = require("torch", purpose="Benchmarking")
-    from .generation import chat_inputs
     from .hf import HiddenStateTap, LearnedDecoding
+    from .hf.chat import chat_inputs
 
     decoding = LearnedDecoding(heads)
     runs, costs = [], {}
@@ -310,9 +310,9 @@ def bench_ort(
     ``new_tokens`` tokens on both paths.
     """
     from .ort import OnnxGenerator
-    from .sampling import DecodingSettings
+    from .sampling import StaticPredictor
 
-    plain_generator = OnnxGenerator(lm, None, DecodingSettings(temperature_scale=PLAIN_TEMPERATURE, top_p_scale=PLAIN_TOP_P))
+    plain_generator = OnnxGenerator(lm, predictor=StaticPredictor(PLAIN_TEMPERATURE, PLAIN_TOP_P))
     learned_generator = OnnxGenerator(lm, heads)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     runs, costs = [], {}

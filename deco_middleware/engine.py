@@ -9,11 +9,12 @@ keep being computed until the longest row of the batch ends. This loop
 * draws every row's token with that row's own seeded generator, so a sample does not depend on
   the batch size or on the other rows,
 
-and applies the same decoding code as the ``generate()`` integration: the heads through
-:meth:`DecodingHeads.run`, then :func:`~deco_middleware.sampling.resolve_decoding`,
-:func:`~deco_middleware.sampling.warp_temperature`, the optional filters and
-:func:`~deco_middleware.sampling.nucleus_filter`. The hidden state is read with the same
-:class:`~deco_middleware.hf.tap.HiddenStateTap` (the LM head's input).
+and runs the same decoding step as every other loop: a predictor (greedy, static, EDT, the learned
+heads, or any :class:`~deco_middleware.sampling.Predictor`) through
+:func:`~deco_middleware.sampling.decode_step`, then :func:`~deco_middleware.sampling.draw` with
+each row's :class:`~deco_middleware.sampling.RowRandom` stream. The hidden state is read with the
+same :class:`~deco_middleware.hf.tap.HiddenStateTap` (the LM head's input). Rows end by the EOS
+rule of :mod:`deco_middleware.rows` (the end-of-turn token is kept in ``token_ids``).
 
 >>> from deco_middleware.engine import Static, sample  # doctest: +SKIP
 >>> completions = sample(model, tokenizer, ["What is 7 * 8?"], policy=Static(0.7, 0.9), samples=4, seed=0)
@@ -22,15 +23,29 @@ and applies the same decoding code as the ``generate()`` integration: the heads 
 
 from __future__ import annotations
 
-import hashlib
-import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ._deps import require
-from .sampling import DecodingSettings, min_p_filter, nucleus_filter, resolve_decoding, top_k_filter, warp_temperature
+from .rows import RowRecords
+from .rows import stop_token_ids as _stop_token_ids
+from .sampling import (
+    GREEDY,
+    DecodingSettings,
+    EntropyTemperaturePredictor,
+    LearnedPredictor,
+    MinP,
+    Predictor,
+    RowRandom,
+    StaticPredictor,
+    decode_step,
+    derive_seed,
+    draw,
+)
 
 torch = require("torch", purpose="The batched sampling engine")
 
@@ -43,6 +58,9 @@ DEFAULT_MAX_ROWS = 128
 @dataclass(frozen=True)
 class Greedy:
     """Argmax of the raw logits (applied temperature 0, top-p 1)."""
+
+    def predictor(self) -> Predictor:
+        return StaticPredictor(GREEDY)
 
 
 @dataclass(frozen=True)
@@ -61,23 +79,12 @@ class Static:
         if self.min_p is not None and not 0 <= self.min_p <= 1:
             raise ValueError(f"`min_p` has to be in [0, 1], got {self.min_p!r}.")
 
+    def predictor(self) -> Predictor:
+        return StaticPredictor(self.temperature, self.top_p, (MinP(self.min_p),) if self.min_p else ())
 
-@dataclass(frozen=True)
-class EntropyTemperature:
-    """EDT (Zhang et al. 2024): ``T = T0 * N ** (theta / H)``, H the entropy (nats) of softmax(logits); P = 1."""
 
-    base_temperature: float = 1.0
-    exponent_base: float = 0.8
-    theta: float = 1.0
-    min_temperature: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not self.base_temperature > 0:
-            raise ValueError(f"`base_temperature` has to be > 0, got {self.base_temperature!r}.")
-        if not 0 < self.exponent_base < 1:
-            raise ValueError(f"`exponent_base` has to be in (0, 1), got {self.exponent_base!r}.")
-        if not self.theta > 0:
-            raise ValueError(f"`theta` has to be > 0, got {self.theta!r}.")
+# EDT is its predictor: T = T0 * N ** (theta / H) (see sampling.EntropyTemperaturePredictor).
+EntropyTemperature = EntropyTemperaturePredictor
 
 
 @dataclass(frozen=True)
@@ -87,17 +94,32 @@ class Learned:
     heads: Any  # DecodingHeads
     settings: DecodingSettings = field(default_factory=DecodingSettings)
 
+    def predictor(self) -> Predictor:
+        return LearnedPredictor(self.heads, self.settings)
 
-Policy = Greedy | Static | EntropyTemperature | Learned
+
+Policy = Greedy | Static | EntropyTemperaturePredictor | Learned
+
+
+def as_predictor(policy: Any) -> Predictor:
+    """A policy of this module, or any :class:`~deco_middleware.sampling.Predictor`, as a predictor."""
+    if hasattr(policy, "predict") and hasattr(policy, "uses_hidden_state"):
+        return policy
+    if isinstance(policy, (Greedy, Static, Learned)):
+        return policy.predictor()
+    raise TypeError(
+        f"Unknown decoding policy {policy!r}; use Greedy(), Static(...), EntropyTemperature(...), Learned(...) "
+        "or a sampling.Predictor."
+    )
 
 
 @dataclass
 class Completion:
     """One sampled completion.
 
-    ``token_ids`` stop before the end-of-turn token; ``finished`` says whether one was drawn (False:
-    cut by ``max_new_tokens``). ``temperatures`` / ``top_ps`` hold the values applied at every
-    step, the end-of-turn step included (so ``len(temperatures) == len(token_ids) + finished``).
+    ``token_ids`` end with the end-of-turn token when one was drawn (``finished``; False: cut by
+    ``max_new_tokens``), the EOS rule of :mod:`deco_middleware.rows`; ``text`` leaves it out.
+    ``temperatures`` / ``top_ps`` hold the values applied at every step (one per token id).
     """
 
     text: str
@@ -109,7 +131,7 @@ class Completion:
     @property
     def length(self) -> int:
         """Generated tokens, the end-of-turn token included."""
-        return len(self.token_ids) + int(self.finished)
+        return len(self.token_ids)
 
 
 @dataclass
@@ -119,30 +141,18 @@ class EngineStats:
     prompt_tokens: int = 0  # prefilled once per distinct prompt
     generated_tokens: int = 0
     row_steps: int = 0  # rows x decode steps actually computed
-    fallback_rows: int = 0  # learned rows whose hidden state / head output was not finite
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed from ``seed`` and any labels (stable across runs and Python versions)."""
-    digest = hashlib.sha256("|".join(str(p) for p in (seed, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    fallback_rows: int = 0  # row-steps with a fallback T/P (non-finite hidden state, head output or logits)
+    nonfinite_rows: int = 0  # rows ended with EOS because their logits were not finite
 
 
 # -- the loop -------------------------------------------------------------------------------------------
 
 
 def _prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    from .generation import chat_texts
+    from .hf.chat import chat_texts
 
     texts, templated = chat_texts(tokenizer, list(prompts))
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=not templated)["input_ids"]]
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-    ids.add(getattr(tokenizer, "eos_token_id", None))
-    return {int(i) for i in ids if i is not None}
 
 
 class _Stepper:
@@ -205,52 +215,6 @@ class _Stepper:
         )
 
 
-def _shape(policy: Policy, hidden: Any, logits: Any, stats: EngineStats) -> tuple[Any, Any, Any]:
-    """(scores to sample from, applied T [rows], applied P [rows]) for one step."""
-    rows = logits.shape[0]
-    if isinstance(policy, Static):
-        temperature = torch.full((rows,), policy.temperature)
-        top_p = torch.full((rows,), policy.top_p)
-        scores = warp_temperature(logits, temperature)
-        if policy.min_p:
-            scores = min_p_filter(scores, policy.min_p)
-        if policy.top_p < 1.0:
-            scores, _ = nucleus_filter(scores, top_p)
-        # Recorded as the exact settings (float32 0.7 would read back as 0.699999988).
-        return scores, temperature.double().fill_(policy.temperature), top_p.double().fill_(policy.top_p)
-    if isinstance(policy, EntropyTemperature):
-        log_probs = torch.log_softmax(logits, dim=-1)
-        entropy = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(dim=-1)
-        exponent = policy.theta / entropy.clamp(min=1e-6)
-        temperature = policy.base_temperature * torch.exp(exponent * math.log(policy.exponent_base))
-        temperature = temperature.clamp(min=policy.min_temperature)
-        return warp_temperature(logits, temperature), temperature, torch.ones(rows)
-    if isinstance(policy, Learned):
-        settings = policy.settings
-        hidden_finite = torch.isfinite(hidden).all(dim=-1)
-        t_pred, p_pred = policy.heads.run(hidden.numpy(), logits.numpy())
-        resolved = resolve_decoding(torch.from_numpy(t_pred), torch.from_numpy(p_pred), hidden_finite, settings)
-        stats.fallback_rows += int(resolved.fallback.sum())
-        scores = warp_temperature(logits, resolved.temperature)
-        if settings.top_k:
-            scores = top_k_filter(scores, settings.top_k)
-        if settings.min_p:
-            scores = min_p_filter(scores, settings.min_p)
-        scores, _ = nucleus_filter(scores, resolved.top_p)
-        return scores, resolved.temperature, resolved.top_p
-    raise TypeError(f"Unknown decoding policy {policy!r}; use Greedy(), Static(...), EntropyTemperature(...) or Learned(...).")
-
-
-def _draw(scores: Any, generators: list[Any]) -> Any:
-    """Inverse-CDF sampling: one float64 uniform per row from that row's generator."""
-    uniform = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
-    cdf = torch.softmax(scores, dim=-1).double().cumsum(dim=-1)
-    # right=True: the first token whose cumulative mass exceeds the draw; a filtered token (zero
-    # mass, same cumulative value as its predecessor) is never chosen.
-    chosen = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(-1)
-    return chosen.clamp(max=scores.shape[-1] - 1)
-
-
 def iter_sample(
     model: Any,
     tokenizer: Any,
@@ -270,9 +234,11 @@ def iter_sample(
 
     Args:
         prompts: user messages (sent through the tokenizer's chat template when it has one).
-        policy: :class:`Greedy`, :class:`Static`, :class:`EntropyTemperature` or :class:`Learned`.
+        policy: :class:`Greedy`, :class:`Static`, :class:`EntropyTemperature`, :class:`Learned`, or any
+            :class:`~deco_middleware.sampling.Predictor` (e.g. ``parse_strategy(...).predictor(heads)``).
         samples: completions per prompt (greedy ones are all identical; ask for 1).
-        seeds: ``seeds[i][k]`` seeds sample k of prompt i; default ``derive_seed(seed, i, k)``.
+        seeds: ``seeds[i][k]`` seeds sample k of prompt i; default ``row_seeds(seed, samples, i)[k]``
+            (``derive_seed(seed, i, k)``, what generate() and the ONNX Runtime loop use for row i).
         max_rows: rows (prompts x samples) decoded together; a group holds ``max_rows // samples``
             prompts (at least one).
         stop_token_ids: tokens that end a row (default: the model's and tokenizer's EOS ids).
@@ -288,11 +254,14 @@ def iter_sample(
         raise ValueError(f"`seeds` must hold {samples} seed(s) for each of the {len(prompts)} prompts.")
     if isinstance(policy, Learned) and policy.heads is None:
         raise ValueError("The Learned policy needs heads: Learned(DecodingHeads.from_pretrained(...)).")
+    predictor = as_predictor(policy)
     if not prompts:
         return
     stats = stats if stats is not None else EngineStats()
-    stop = stop_token_ids if stop_token_ids is not None else _stop_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop), 0)
+    stop = frozenset(stop_token_ids) if stop_token_ids is not None else _stop_token_ids(
+        getattr(model, "generation_config", None), tokenizer
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop, default=0)
     token_ids = _prompt_ids(tokenizer, prompts)
     # Similar lengths together keep padding small; results do not depend on the grouping.
     order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
@@ -302,70 +271,53 @@ def iter_sample(
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
         for start in range(0, len(order), per_group):
             group = order[start : start + per_group]
-            row_seeds = [
+            group_seeds = [
                 int(seeds[i][k]) if seeds is not None else derive_seed(seed, i, k) for i in group for k in range(samples)
             ]
             yield from _sample_group(
-                _Stepper(model, tap), tokenizer, [token_ids[i] for i in group], group, row_seeds, policy,
+                _Stepper(model, tap), tokenizer, [token_ids[i] for i in group], group, group_seeds, predictor,
                 samples, max_new_tokens, stop, pad_id, stats, on_step,
             )
 
 
 def _sample_group(
-    stepper: _Stepper, tokenizer: Any, prompts: list[list[int]], indices: list[int], row_seeds: list[int],
-    policy: Policy, samples: int, max_new_tokens: int, stop: set[int], pad_id: int, stats: EngineStats,
+    stepper: _Stepper, tokenizer: Any, prompts: list[list[int]], indices: list[int], group_seeds: list[int],
+    predictor: Predictor, samples: int, max_new_tokens: int, stop: frozenset[int], pad_id: int, stats: EngineStats,
     on_step: Callable[[int], None] | None,
 ) -> Iterator[tuple[int, list[Completion]]]:
     stats.prompt_tokens += sum(len(p) for p in prompts)
     hidden, logits = stepper.prefill(prompts, pad_id, samples)
-    total = len(row_seeds)
-    generators = [torch.Generator().manual_seed(s) for s in row_seeds]
-    active = list(range(total))  # row ids still decoding, in batch order
-    tokens: list[list[int]] = [[] for _ in range(total)]
-    applied_t: list[list[float]] = [[] for _ in range(total)]
-    applied_p: list[list[float]] = [[] for _ in range(total)]
-    finished = [False] * total
-    stop_tensor = torch.tensor(sorted(stop), dtype=torch.long)
+    total = len(group_seeds)
+    random = RowRandom(group_seeds)
+    active = np.arange(total)  # row ids still decoding, in batch order
+    records = RowRecords.empty(total, stop)
     for step in range(max_new_tokens):
-        if isinstance(policy, Greedy):
-            chosen = logits.argmax(dim=-1)
-            temperature, top_p = torch.zeros(len(active)), torch.ones(len(active))
-        else:
-            scores, temperature, top_p = _shape(policy, hidden, logits, stats)
-            chosen = _draw(scores, [generators[r] for r in active])
+        shaped = decode_step(predictor, logits, hidden=hidden)
+        chosen, ended = records.add(active.tolist(), draw(shaped.scores, random.next(active)), shaped)
         stats.row_steps += len(active)
-        ended = torch.isin(chosen, stop_tensor)
-        for position, (row, token, t, p, end) in enumerate(
-            zip(active, chosen.tolist(), temperature.tolist(), top_p.tolist(), ended.tolist())
-        ):
-            applied_t[row].append(t)
-            applied_p[row].append(p)
-            if end:
-                finished[row] = True
-            else:
-                tokens[row].append(token)
         stats.generated_tokens += len(active)
         if on_step is not None:
             on_step(len(active))
         if step == max_new_tokens - 1:
             break
-        keep = (~ended).nonzero().squeeze(-1)
-        if keep.numel() == 0:
+        keep = np.flatnonzero(~ended)
+        if len(keep) == 0:
             break
-        if keep.numel() < len(active):
-            stepper.keep(keep)
-            active = [active[i] for i in keep.tolist()]
-            chosen = chosen[keep]
-        hidden, logits = stepper.step(chosen)
+        if len(keep) < len(active):
+            stepper.keep(torch.from_numpy(keep))
+            active, chosen = active[keep], chosen[keep]
+        hidden, logits = stepper.step(torch.from_numpy(chosen))
+    stats.fallback_rows += records.fallback_rows
+    stats.nonfinite_rows += records.nonfinite_rows
     for group_position, index in enumerate(indices):
         rows = range(group_position * samples, (group_position + 1) * samples)
         yield index, [
             Completion(
-                text=tokenizer.decode(tokens[r], skip_special_tokens=True),
-                token_ids=tokens[r],
-                finished=finished[r],
-                temperatures=applied_t[r],
-                top_ps=applied_p[r],
+                text=tokenizer.decode(records.token_ids[r], skip_special_tokens=True),
+                token_ids=records.token_ids[r],
+                finished=records.finish_reason[r] == "eos",
+                temperatures=records.temperature[r],
+                top_ps=records.top_p[r],
             )
             for r in rows
         ]
@@ -381,6 +333,7 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) ->
 
 __all__ = [
     "Completion",
+    "as_predictor",
     "EngineStats",
     "EntropyTemperature",
     "Greedy",

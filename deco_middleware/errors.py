@@ -45,3 +45,7 @@ class UnsupportedGenerationModeError(DecoError, RuntimeError):
 
 class ModelProvisioningError(DecoError, RuntimeError):
     """The embedded default model could not be found in the cache nor fetched from the registry."""
+
+
+class UnknownStrategyError(DecoError, ValueError):
+    """A strategy name is not in the vocabulary (``deco_middleware.strategies``), or is written wrongly."""

@@ -5,26 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from ._deps import require
-from .cli.strategies import Strategy, parse_strategy
+from .strategies import Strategy, parse_strategy
 
 
 def chat_texts(tokenizer: Any, prompts: list[str]) -> tuple[list[str], bool]:
-    """User messages through the chat template when the tokenizer has one; also whether it did
-    (templated text already holds the special tokens, so the tokenizer must not add them again)."""
-    if getattr(tokenizer, "chat_template", None):
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-            for p in prompts
-        ]
-        return texts, True
-    return list(prompts), False
+    """See :func:`deco_middleware.hf.chat.chat_texts` (kept here for older imports)."""
+    from .hf.chat import chat_texts as texts
+
+    return texts(tokenizer, prompts)
 
 
 def chat_inputs(tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
-    """Tokenize user messages through the chat template when the tokenizer has one (left padded)."""
-    texts, templated = chat_texts(tokenizer, prompts)
-    return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not templated,
-                          return_token_type_ids=False))
+    """See :func:`deco_middleware.hf.chat.chat_inputs` (kept here for older imports)."""
+    from .hf.chat import chat_inputs as inputs
+
+    return inputs(tokenizer, prompts)
 
 
 def generate_text(
@@ -40,58 +35,41 @@ def generate_text(
     top_p_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Generate one reply. Returns ``text``, ``tokens``, ``token_ids`` and the applied ``temperature``
-    and ``top_p`` of every generated token (constants for static strategies, 0 for greedy)."""
-    torch = require("torch", purpose="Generating text")
+    and ``top_p`` of every generated token (constants for static strategies, 0 for greedy).
+
+    Every strategy runs the library's decoding step and per-row seeded draw inside ``generate()``
+    (row 0 draws from ``row_seeds(seed, 1, 0)``), so ``seed`` gives the same tokens as the engine
+    and the ONNX Runtime loop. ``token_ids`` end with the EOS token when one was generated
+    (:mod:`deco_middleware.rows`). ``temperature_scale`` / ``top_p_scale`` apply to learned strategies.
+    """
+    require("torch", purpose="Generating text")
     from .default_model import load_model
+    from .heads.select import heads_for_model
+    from .hf.chat import chat_inputs as inputs_for
+    from .hf.processors import PredictorDecoding
+    from .rows import cut_at_stop, generation_result, stop_token_ids
 
     strategy = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
     if isinstance(model, str):
         model, tokenizer = load_model(model)
-    inputs = chat_inputs(tokenizer, [prompt])
-    torch.manual_seed(seed)
+    inputs = inputs_for(tokenizer, [prompt])
     heads_name = None
-    common = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
     if strategy.learned:
-        from .cli.app import heads_for_model
-        from .hf import LearnedDecoding
-
-        loaded = heads_for_model(heads, model) if isinstance(heads, str) else heads
+        loaded = heads_for_model(heads, model)
         heads_name = str(loaded.directory)
-        decoding = LearnedDecoding(
-            loaded, record_trace=True, temperature_scale=temperature_scale, top_p_scale=top_p_scale
+        predictor = strategy.predictor(
+            loaded, temperature_scale=strategy.temperature_scale * temperature_scale, top_p_scale=top_p_scale
         )
-        with decoding.attach(model) as session:
-            sequences = session.generate(**inputs, **common)
-        trace = session.trace
-        temperatures = [step.temperature[0] for step in trace.steps]
-        top_ps = [step.top_p[0] for step in trace.steps]
     else:
-        if strategy.name == "greedy":
-            sequences = model.generate(**inputs, **common, do_sample=False, temperature=None, top_p=None, top_k=None)
-            constant = (0.0, 1.0)
-        else:
-            sequences = model.generate(
-                **inputs, **common, do_sample=True, temperature=strategy.temperature, top_p=strategy.top_p, top_k=0
-            )
-            constant = (strategy.temperature, strategy.top_p)
-        temperatures, top_ps = None, None
-    new_ids = sequences[0, inputs["input_ids"].shape[1] :].tolist()
-    # generate() pads finished rows; keep the tokens up to and including the first EOS.
-    eos = tokenizer.eos_token_id
-    if eos in new_ids:
-        new_ids = new_ids[: new_ids.index(eos) + 1]
-    if temperatures is None:
-        temperatures = [constant[0]] * len(new_ids)
-        top_ps = [constant[1]] * len(new_ids)
-    return {
-        "text": tokenizer.decode(new_ids, skip_special_tokens=True),
-        "tokens": [tokenizer.decode([i]) for i in new_ids],
-        "token_ids": new_ids,
-        "temperature": [float(t) for t in temperatures[: len(new_ids)]],
-        "top_p": [float(p) for p in top_ps[: len(new_ids)]],
-        "strategy": strategy.name if strategy.name != "static" else f"static:{strategy.temperature},{strategy.top_p}",
-        "model": model_name,
-        "heads": heads_name,
-        "seed": seed,
-    }
+        predictor = strategy.predictor()
+    with PredictorDecoding(predictor, record_trace=True, seed=seed).attach(model) as session:
+        sequences = session.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    trace = session.trace
+    stop = stop_token_ids(getattr(model, "generation_config", None), tokenizer)
+    new_ids = cut_at_stop(sequences[0, inputs["input_ids"].shape[1] :].tolist(), stop)
+    return generation_result(
+        token_ids=new_ids, decode=tokenizer.decode,
+        temperature=[step.temperature[0] for step in trace.steps], top_p=[step.top_p[0] for step in trace.steps],
+        strategy=strategy, model=model_name, heads=heads_name, seed=seed,
+    )

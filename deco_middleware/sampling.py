@@ -885,7 +885,8 @@ def _check_decisions(decisions: RowDecisions, batch: int) -> None:
 
 
 def decode_step(
-    predictor: Predictor, scores: Array, *, raw_logits: Array | None = None, hidden: Array | None = None
+    predictor: Predictor, scores: Array, *, raw_logits: Array | None = None, hidden: Array | None = None,
+    nucleus: bool = True,
 ) -> StepOutput[Array]:
     """One decoding step: penalised ``scores`` (numpy or torch) -> predict -> divide by T -> filters -> nucleus.
 
@@ -894,6 +895,8 @@ def decode_step(
         scores: ``[B, V]`` the scores to shape (the raw logits after any penalties); never edited.
         raw_logits: ``[B, V]`` the LM head's raw logits the predictor sees (default: ``scores``).
         hidden: ``[B, H]`` the final-norm hidden state (needed when ``predictor.uses_hidden_state``).
+        nucleus: ``False`` stops before the nucleus (for adapters that split the step in two, like
+            the Hugging Face processor pair); finish with :func:`nucleus_step`.
 
     The temperature divides in float32 (the applied value is reported in float64). A row whose
     scores hold a NaN or +inf or no finite value comes back with no finite entry, ``fallback`` and
@@ -907,26 +910,40 @@ def decode_step(
     _check_decisions(decisions, batch)
     temperature = np.asarray(decisions.temperature, dtype=np.float64)
     top_p = np.asarray(decisions.top_p, dtype=np.float64)
-    fallback = np.asarray(decisions.fallback, dtype=bool)
-
     # A NaN propagates through the row maximum, so one [B, V] reduction finds every unusable row.
-    row_max = ops.max_last(scores)
-    nonfinite = ~np.isfinite(ops.to_host(row_max)[:, 0])
-    work = scores
-    if nonfinite.any():
-        # Replaced by zeros for the step (no NaN warnings on the way), emptied at the end.
-        work = ops.masked_fill(scores, ops.from_host(nonfinite, scores)[:, None], 0.0)
-    shaped = warp_temperature(work, ops.from_host(temperature.astype(np.float32), scores))
+    nonfinite = ~np.isfinite(ops.to_host(ops.max_last(scores))[:, 0])
+    fallback = np.asarray(decisions.fallback, dtype=bool) | nonfinite
+    shaped = _without_rows(ops, scores, nonfinite, 0.0)  # zeros for the step: no NaN warnings on the way
+    shaped = warp_temperature(shaped, ops.from_host(temperature.astype(np.float32), scores))
     for score_filter in decisions.filters:
         shaped = score_filter.apply(shaped)
+    shaped = _without_rows(ops, shaped, nonfinite, -math.inf)
+    kept = ops.to_host(ops.count_last(shaped > -math.inf)).astype(np.int64)
+    step = StepOutput(shaped, temperature, top_p, fallback, kept, nonfinite)
+    return nucleus_step(step) if nucleus else step
+
+
+def nucleus_step(step: StepOutput[Array], scores: Array | None = None) -> StepOutput[Array]:
+    """The last part of :func:`decode_step`: each row's nucleus with its ``step.top_p``.
+
+    ``scores`` defaults to ``step.scores`` (an adapter may hand back what ran in between).
+    """
+    scores = step.scores if scores is None else scores
+    ops = ops_for(scores)
+    work = _without_rows(ops, scores, step.nonfinite, 0.0)
     # float32 like the head outputs, so 0.9 keeps the same threshold on every backend.
-    shaped, nucleus_size = nucleus_filter(shaped, ops.from_host(top_p.astype(np.float32), scores))
-    nucleus_size = ops.to_host(nucleus_size).astype(np.int64)  # exact: sizes stay below 2**24
-    if nonfinite.any():
-        shaped = ops.masked_fill(shaped, ops.from_host(nonfinite, scores)[:, None], -math.inf)
-        nucleus_size = np.where(nonfinite, 0, nucleus_size)
-        fallback = fallback | nonfinite
-    return StepOutput(shaped, temperature, top_p, fallback, nucleus_size, nonfinite)
+    filtered, nucleus_size = nucleus_filter(work, ops.from_host(step.top_p.astype(np.float32), scores))
+    filtered = _without_rows(ops, filtered, step.nonfinite, -math.inf)
+    sizes = ops.to_host(nucleus_size).astype(np.int64)  # exact: sizes stay below 2**24
+    sizes = np.where(step.nonfinite, 0, sizes)
+    return StepOutput(filtered, step.temperature, step.top_p, step.fallback, sizes, step.nonfinite)
+
+
+def _without_rows(ops: ArrayOps[Any], scores: Any, rows: np.ndarray, value: float) -> Any:
+    """``scores`` with the rows flagged in ``rows`` set to ``value`` (``scores`` itself when none is)."""
+    if not rows.any():
+        return scores
+    return ops.masked_fill(scores, ops.from_host(rows, scores)[:, None], value)
 
 
 def draw(scores: Any, uniforms: np.ndarray) -> np.ndarray:
@@ -1024,6 +1041,7 @@ __all__ = [
     "min_p_filter",
     "nucleus_filter",
     "nucleus_filter_reference",
+    "nucleus_step",
     "ops_for",
     "resolve_decoding",
     "row_seeds",

@@ -93,7 +93,8 @@ def test_ort_plain_baseline_is_the_static_sampler_of_the_same_loop(ort_pair, mon
     bench.bench_ort(lm, tokenizer, heads, batch_sizes=(1,), new_tokens=2, repeats=1)
     plain, learned = made
     assert plain.heads is None and plain.lm is learned.lm
-    assert (plain.settings.temperature_scale, plain.settings.top_p_scale) == (bench.PLAIN_TEMPERATURE, bench.PLAIN_TOP_P)
+    # T and P are the static predictor's own (no longer smuggled in as heads-less scales, issue #17).
+    assert (plain.predictor.temperature, plain.predictor.top_p) == (bench.PLAIN_TEMPERATURE, bench.PLAIN_TOP_P)
     assert learned.heads is heads and learned.settings.temperature_scale == 1.0
 
 

@@ -22,7 +22,7 @@ from deco_middleware.engine import (  # noqa: E402
     iter_sample,
     sample,
 )
-from deco_middleware.evaluation.processors import (  # noqa: E402
+from reference_processors import (  # noqa: E402
     EntropyTemperatureProcessor,
     PerRowSampler,
     StaticDecodingProcessor,
@@ -42,7 +42,7 @@ def _seeds(seed: int = 5) -> list[list[int]]:
 
 
 def _generate_reference(model, tokenizer, processors_for_rows, seeds):
-    """generate() on every (prompt, sample) row, cut at the first EOS like the engine."""
+    """generate() on every (prompt, sample) row, up to and including the first EOS (the EOS rule)."""
     prompts = [p for p in PROMPTS for _ in range(SAMPLES)]
     flat = [s for row in seeds for s in row]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -53,7 +53,7 @@ def _generate_reference(model, tokenizer, processors_for_rows, seeds):
     )
     rows = []
     for ids in out[:, inputs["input_ids"].shape[1]:].tolist():
-        rows.append(ids[: ids.index(EOS)] if EOS in ids else ids)
+        rows.append(ids[: ids.index(EOS) + 1] if EOS in ids else ids)
     return [rows[i * SAMPLES:(i + 1) * SAMPLES] for i in range(len(PROMPTS))]
 
 
@@ -80,7 +80,7 @@ def test_greedy_matches_generate(tiny_model, tiny_tokenizer):
     out = tiny_model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=3)
     expected = []
     for ids in out[:, inputs["input_ids"].shape[1]:].tolist():
-        expected.append(ids[: ids.index(EOS)] if EOS in ids else ids)
+        expected.append(ids[: ids.index(EOS) + 1] if EOS in ids else ids)
     completions = sample(tiny_model, tiny_tokenizer, PROMPTS, policy=Greedy(), max_new_tokens=NEW_TOKENS, max_rows=2)
     assert [row[0].token_ids for row in completions] == expected
     assert all(set(row[0].temperatures) <= {0.0} for row in completions)
@@ -105,7 +105,8 @@ def test_learned_matches_the_generate_integration(tiny_model, tiny_tokenizer, ti
         learned = LearnedDecoding(tiny_heads, record_trace=False, **{
             name: getattr(settings, name) for name in ("use_temperature_head", "use_top_p_head", "top_p_scale")
         })
-        session = learned.attach(tiny_model)
+        # The pair draws the token itself: give it the engine's per-row seeds.
+        session = learned.attach(tiny_model, row_seeds=[s for row in seeds for s in row])
         sessions.append(session.__enter__())
         return list(session.logits_processor)
 

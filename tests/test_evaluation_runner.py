@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from deco_middleware.evaluation import load_task, parse_eval_strategy  # noqa: E402
 from deco_middleware.evaluation.cache import ResultCache  # noqa: E402
-from deco_middleware.evaluation.processors import (  # noqa: E402
+from reference_processors import (  # noqa: E402
     EntropyTemperatureProcessor,
     PerRowSampler,
     StaticDecodingProcessor,

@@ -18,8 +18,9 @@ from deco_middleware import (  # noqa: E402
 )
 from deco_middleware.hf import HiddenStateTap, NonFiniteHiddenStateWarning, StackedWarpersWarning  # noqa: E402
 from deco_middleware.hf.processors import LearnedTemperatureProcessor, _StepState  # noqa: E402
-from deco_middleware.sampling import DecodingSettings  # noqa: E402
+from deco_middleware.sampling import DecodingSettings, batch_seeds  # noqa: E402
 
+# do_sample=False: generate()'s argmax then picks the token the learned pair drew itself.
 GREEDY_KWARGS = {"do_sample": False, "max_new_tokens": 6, "pad_token_id": 3}
 
 
@@ -56,9 +57,9 @@ def test_processor_does_not_change_scores_in_place(tiny_model, tiny_heads, tiny_
     assert out.data_ptr() != scores.data_ptr()
 
 
-def run_trace(model, heads, inputs, **kwargs):
-    decoding = LearnedDecoding(heads, record_trace=True)
-    with decoding.attach(model) as session:
+def run_trace(model, heads, inputs, row_seeds=None, **kwargs):
+    decoding = LearnedDecoding(heads, record_trace=True, seed=0)
+    with decoding.attach(model, row_seeds=row_seeds) as session:
         out = session.generate(**inputs, **{**GREEDY_KWARGS, **kwargs})
     return out, session.trace
 
@@ -66,10 +67,11 @@ def run_trace(model, heads, inputs, **kwargs):
 def test_left_padded_batch_rows_match_running_each_row_alone(tiny_model, tiny_heads, tiny_tokenizer):
     prompts = ["w1 w2 w3 w4 w5 w6 w7", "w9", "w3 w4"]
     batch = dict(tiny_tokenizer(prompts, return_tensors="pt", padding=True))
-    _, batch_trace = run_trace(tiny_model, tiny_heads, batch)
+    seeds = batch_seeds(0, len(prompts))  # each row keeps its own random stream when run alone
+    _, batch_trace = run_trace(tiny_model, tiny_heads, batch, row_seeds=seeds)
     for row, prompt in enumerate(prompts):
         single = dict(tiny_tokenizer([prompt], return_tensors="pt"))
-        _, single_trace = run_trace(tiny_model, tiny_heads, single)
+        _, single_trace = run_trace(tiny_model, tiny_heads, single, row_seeds=[seeds[row]])
         batch_t = [step.temperature[row] for step in batch_trace.steps]
         batch_p = [step.top_p[row] for step in batch_trace.steps]
         np.testing.assert_allclose(batch_t, [s.temperature[0] for s in single_trace.steps], atol=1e-4)

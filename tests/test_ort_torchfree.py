@@ -90,8 +90,7 @@ def _sample_full_vocabulary(scores, greedy_rows, rng):
 
 def test_nucleus_only_sampler_draws_what_the_full_vocabulary_cdf_draws():
     """Sampling only the finite (kept) scores must pick the same token as the CDF over the whole row."""
-    from deco_middleware.ort.loop import _sample
-    from deco_middleware.sampling import nucleus_filter
+    from deco_middleware.sampling import draw, nucleus_filter, warp_temperature
 
     rng = np.random.default_rng(3)
     checked = 0
@@ -104,7 +103,9 @@ def test_nucleus_only_sampler_draws_what_the_full_vocabulary_cdf_draws():
         scores, _ = nucleus_filter(logits, top_p)
         greedy = rng.random(rows) < 0.2
         seed = int(rng.integers(1 << 30))
-        fast = _sample(scores, greedy, np.random.default_rng(seed))
+        # draw() sees a greedy row as its argmax alone (what a temperature of 0 leaves).
+        shaped = warp_temperature(scores, np.where(greedy, 0.0, 1.0).astype(np.float32))
+        fast = draw(shaped, np.random.default_rng(seed).random(rows))
         reference = _sample_full_vocabulary(scores, greedy, np.random.default_rng(seed))
         np.testing.assert_array_equal(fast, reference)
         assert np.isfinite(scores[np.arange(rows), fast]).all()  # never a filtered-out token

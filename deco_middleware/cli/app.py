@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 
 from ..errors import DecoError
-from ..heads.artifact import DecodingHeads, heads_for_identity, list_shipped_heads, resolve_heads_path
+from ..heads.artifact import list_shipped_heads, resolve_heads_path
+from ..heads.select import heads_for_model  # noqa: F401  (the cmd_* modules import it from here)
 from ..manifest import MANIFEST_NAME, HeadManifest
-from .strategies import parse_strategy
+from ..strategies import parse_strategy
 
 app = typer.Typer(help="Learned per-token temperature and top-p for Hugging Face generation.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -30,19 +31,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def heads_for_model(heads: str, model) -> DecodingHeads:
-    """``default`` picks the shipped heads whose base model matches ``model``; else a name or path."""
-    from ..hf.identity import model_identity
-
-    return heads_for_identity(heads, model_identity(model))
-
-
 @app.command()
 def generate(
     prompt: PromptArgument,
     model: ModelOption = "default",
     heads: HeadsOption = "default",
-    strategy: Annotated[str, typer.Option(help="autodeco | greedy | static:T,P")] = "autodeco",
+    strategy: Annotated[str, typer.Option(help="autodeco | greedy | static:T,P | default | edt[:T0,N,theta] | min-p:X | autodeco-t | autodeco-p | autodeco@S")] = "autodeco",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     seed: Annotated[int, typer.Option()] = 0,
     temperature_scale: TemperatureScaleOption = 1.0,

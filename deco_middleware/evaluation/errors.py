@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from ..errors import DecoError
+from ..errors import DecoError, UnknownStrategyError
 
 
 class TaskSpecError(DecoError, ValueError):
     """A ``--task`` spec, or a line of a JSONL task file, cannot be read."""
-
-
-class UnknownStrategyError(DecoError, ValueError):
-    """A strategy name is not one the harness knows."""
 
 
 __all__ = ["TaskSpecError", "UnknownStrategyError"]

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._deps import require
-from ..generation import chat_inputs
 from .cache import ResultCache, fingerprint
 from .metrics import RunningMoments, mean_and_stderr, pass_at_k
-from .strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS, Decoding, EvalStrategy
+from ..sampling import derive_seed
+from ..strategies import parse_strategy
+from .strategies import ORACLE_TEMPERATURES, ORACLE_TOP_PS, Decoding, EvalStrategy, static_decoding
 from .tasks import Problem, Task
 
 torch = require("torch", purpose="The evaluation harness")
@@ -31,9 +32,10 @@ DEFAULT_SAMPLES = 4
 
 
 def sample_seed(seed: int, task: str, problem: str, sample: int) -> int:
-    """The seed of one sample's generator: depends on nothing else, in particular not on batching."""
-    digest = hashlib.sha256(f"{seed}|{task}|{problem}|{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    """The seed of one sample's generator: depends on nothing else, in particular not on batching.
+
+    ``row_seeds(seed, samples, task, problem)[sample]``: the library's one seed derivation."""
+    return derive_seed(seed, task, problem, sample)
 
 
 @dataclass
@@ -239,20 +241,7 @@ class EvaluationRunner:
         return summary
 
     def _policy(self, decoding: Decoding) -> Any:
-        from ..engine import EntropyTemperature, Greedy, Learned, Static
-        from ..sampling import DecodingSettings
-
-        if decoding.kind == "greedy":
-            return Greedy()
-        if decoding.kind == "static":
-            return Static(decoding.temperature, decoding.top_p, decoding.min_p)
-        if decoding.kind == "edt":
-            t0, n, theta = decoding.edt or (1.0, 0.8, 1.0)
-            return EntropyTemperature(t0, n, theta)
-        settings = DecodingSettings(
-            use_temperature_head=decoding.use_temperature_head, use_top_p_head=decoding.use_top_p_head
-        )
-        return Learned(self.heads, settings)
+        return decoding.predictor(self.heads if decoding.learned else None)
 
     def _generate_problems(
         self, task: Task, decoding: Decoding, run: str, problems: list[Problem], samples: int
@@ -306,23 +295,23 @@ class EvaluationRunner:
 
     def _oracle(self, task: Task) -> DecodingSummary:
         searched = select_oracle(
-            lambda temperature, top_p: self.run_decoding(task, Decoding("static", temperature, top_p), self.oracle_samples),
+            lambda temperature, top_p: self.run_decoding(task, static_decoding(temperature, top_p), self.oracle_samples),
             self.oracle_temperatures,
             self.oracle_top_ps,
         )
         if self.oracle_samples == self.samples:
             return searched
         chosen = searched.extra["chosen"]
-        final = self.run_decoding(task, Decoding("static", chosen["temperature"], chosen["top_p"]))
+        final = self.run_decoding(task, static_decoding(chosen["temperature"], chosen["top_p"]))
         return _with_extra(final, {**searched.extra, "searched_with_samples": self.oracle_samples})
 
     def _mean_static(self, task: Task) -> DecodingSummary:
         if self.heads is None:
             raise ValueError("Strategy 'mean-static' needs trained heads; pass --heads (or `heads=`).")
-        learned = self.run_decoding(task, Decoding("learned"))
+        learned = self.run_decoding(task, parse_strategy("autodeco"))
         temperature = round(learned.temperature_mean, 3)
         top_p = min(round(learned.top_p_mean, 3), 1.0)
-        summary = self.run_decoding(task, Decoding("static", temperature, top_p))
+        summary = self.run_decoding(task, static_decoding(temperature, top_p))
         return _with_extra(summary, {"chosen": {"temperature": temperature, "top_p": top_p, "from": "autodeco"}})
 
     def evaluate(self, tasks: Sequence[Task], strategies: Sequence[EvalStrategy]) -> dict[str, dict[str, DecodingSummary]]:

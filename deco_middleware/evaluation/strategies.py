@@ -1,71 +1,47 @@
-"""Decoding strategies the harness compares, and the concrete decoding each one runs.
+"""Decoding strategies the harness compares: the library vocabulary plus the eval-only meta strategies.
 
-A *strategy* is what the user names (``oracle``, ``mean-static``, ...). A :class:`Decoding` is one
-concrete way to generate (``static T=0.7 P=0.9``); ``oracle`` runs a grid of them and
-``mean-static`` one whose values come from an ``autodeco`` run. Results are cached per decoding,
-so ``default`` and the oracle's ``T=1.0, P=1.0`` point are generated once.
+A *strategy* is what the user names. Every name of :mod:`deco_middleware.strategies` (``greedy``,
+``static:T,P``, ``edt``, ``autodeco``, and any a baseline registered) is one concrete
+:class:`Decoding`; the harness adds two meta strategies that search first: ``oracle`` runs a grid
+of static decodings on the test set itself and ``mean-static`` one whose values come from an
+``autodeco`` run. Results are cached per decoding (:attr:`Decoding.key`), so ``default`` and the
+oracle's ``T=1.0, P=1.0`` point are generated once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cli.strategies import parse_strategy
+from ..strategies import EDT_DEFAULTS, Strategy, parse_strategy, strategy_help
 from .errors import UnknownStrategyError
 
-# llama.cpp-style "dynamic temperature" comes in two flavours; we implement EDT's formula
-# (Zhang et al. 2024, "EDT: Improving LLMs' generation by entropy-based dynamic temperature
-# sampling"): T = T0 * N ** (theta / H), H the entropy (nats) of softmax(logits). These defaults
-# are the paper's N = 0.8 with T0 = 1 and theta = 1, *not* tuned on our tasks.
-EDT_DEFAULTS = {"base_temperature": 1.0, "exponent_base": 0.8, "theta": 1.0}
+# One concrete decoding of the harness is one strategy of the library vocabulary.
+Decoding = Strategy
 
-STRATEGY_HELP = {
-    "greedy": "argmax decoding (one sample per problem: every sample would be identical)",
-    "default": "sampling at T=1, P=1",
-    "static:T,P": "sampling at a fixed temperature T and top-p P",
+META_STRATEGY_HELP = {
     "oracle": "static grid tuned on the test set itself: T 0.1..1.5 (step 0.1) at P=1, then P 0.5..1.0 (step 0.05)",
     "mean-static": "static T, P = the mean of the heads' own predictions in the autodeco run on that task",
-    "edt[:T0,N,theta]": "entropy-based dynamic temperature T = T0 * N^(theta/H), P=1 (default 1.0,0.8,1.0)",
-    "min-p:X": "min-p filtering at T=1, P=1",
-    "autodeco": "both learned heads",
-    "autodeco-t": "learned temperature head only, P=1",
-    "autodeco-p": "learned top-p head only, T=1",
 }
+
+
+def eval_strategy_help() -> dict[str, str]:
+    """Every name ``deco eval`` accepts (the library's, registered baselines included, and the meta ones),
+    baselines first as the harness has always listed them."""
+    library = strategy_help()
+    first = {name: library[name] for name in ("greedy", "default", "static:T,P") if name in library}
+    return {**first, **META_STRATEGY_HELP, **library}
+
+
+STRATEGY_HELP = eval_strategy_help()
 STRATEGY_NAMES = tuple(STRATEGY_HELP)
 
 ORACLE_TEMPERATURES = tuple(round(0.1 * i, 2) for i in range(1, 16))
 ORACLE_TOP_PS = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """One concrete decoding. ``kind`` is greedy | static | edt | learned."""
-
-    kind: str
-    temperature: float = 1.0
-    top_p: float = 1.0
-    min_p: float | None = None
-    edt: tuple[float, float, float] | None = None  # (T0, N, theta)
-    use_temperature_head: bool = True
-    use_top_p_head: bool = True
-
-    @property
-    def key(self) -> str:
-        """A canonical name, used as the cache key: equal decodings share results."""
-        if self.kind == "greedy":
-            return "greedy"
-        if self.kind == "static":
-            base = f"static:T={self.temperature:g},P={self.top_p:g}"
-            return base + (f",min_p={self.min_p:g}" if self.min_p else "")
-        if self.kind == "edt":
-            t0, n, theta = self.edt or (0, 0, 0)
-            return f"edt:T0={t0:g},N={n:g},theta={theta:g}"
-        heads = {(True, True): "autodeco", (True, False): "autodeco-t", (False, True): "autodeco-p"}
-        return heads[(self.use_temperature_head, self.use_top_p_head)]
-
-    @property
-    def learned(self) -> bool:
-        return self.kind == "learned"
+def static_decoding(temperature: float, top_p: float) -> Decoding:
+    """A static decoding found by a search (``oracle``, ``mean-static``)."""
+    return Strategy(f"static:{temperature},{top_p}", "static", float(temperature), float(top_p))
 
 
 @dataclass(frozen=True)
@@ -80,62 +56,31 @@ class EvalStrategy:
         return self.name == "mean-static" or (self.decoding is not None and self.decoding.learned)
 
 
-def _numbers(name: str, text: str, count: int, example: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != count:
-        raise UnknownStrategyError(f"Strategy {name!r}: write {example}.")
-    return values
-
-
 def parse_eval_strategy(text: str) -> EvalStrategy:
     """Parse a strategy name; unknown names fail listing the valid ones."""
     name = text.strip()
-    if name == "greedy":
-        return EvalStrategy(name, Decoding("greedy", temperature=0.0))
-    if name == "default":
-        return EvalStrategy(name, Decoding("static", 1.0, 1.0))
-    if name.startswith("static:"):
-        try:
-            parsed = parse_strategy(name)  # one parser for `deco generate` and `deco eval`
-        except ValueError as error:
-            raise UnknownStrategyError(str(error)) from None
-        return EvalStrategy(name, Decoding("static", float(parsed.temperature), float(parsed.top_p)))
-    if name in ("oracle", "mean-static"):
+    if name in META_STRATEGY_HELP:
         return EvalStrategy(name)
-    if name == "edt" or name.startswith("edt:"):
-        values = (
-            [EDT_DEFAULTS["base_temperature"], EDT_DEFAULTS["exponent_base"], EDT_DEFAULTS["theta"]]
-            if name == "edt"
-            else _numbers(name, name[len("edt:") :], 3, "edt or edt:T0,N,theta, e.g. edt:1.0,0.8,1.0")
-        )
-        t0, n, theta = values
-        if not (t0 > 0 and 0 < n < 1 and theta > 0):
-            raise UnknownStrategyError(f"Strategy {name!r}: need T0 > 0, 0 < N < 1 and theta > 0.")
-        return EvalStrategy(name, Decoding("edt", edt=(t0, n, theta)))
-    if name.startswith("min-p:"):
-        (min_p,) = _numbers(name, name[len("min-p:") :], 1, "min-p:X with X in (0, 1], e.g. min-p:0.1")
-        if not 0 < min_p <= 1:
-            raise UnknownStrategyError(f"Strategy {name!r}: X must be in (0, 1], e.g. min-p:0.1.")
-        return EvalStrategy(name, Decoding("static", 1.0, 1.0, min_p=min_p))
-    if name == "autodeco":
-        return EvalStrategy(name, Decoding("learned"))
-    if name == "autodeco-t":
-        return EvalStrategy(name, Decoding("learned", use_top_p_head=False))
-    if name == "autodeco-p":
-        return EvalStrategy(name, Decoding("learned", use_temperature_head=False))
-    raise UnknownStrategyError(f"Unknown strategy {name!r}; valid: {', '.join(STRATEGY_NAMES)}.")
+    try:
+        return EvalStrategy(name, parse_strategy(name))
+    except UnknownStrategyError as error:
+        if str(error).startswith("Unknown strategy"):
+            raise UnknownStrategyError(
+                f"Unknown strategy {name!r}; valid: {', '.join(eval_strategy_help())}."
+            ) from None
+        raise
 
 
 __all__ = [
     "EDT_DEFAULTS",
+    "META_STRATEGY_HELP",
     "ORACLE_TEMPERATURES",
     "ORACLE_TOP_PS",
     "STRATEGY_HELP",
     "STRATEGY_NAMES",
     "Decoding",
     "EvalStrategy",
+    "eval_strategy_help",
     "parse_eval_strategy",
+    "static_decoding",
 ]

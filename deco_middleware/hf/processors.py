@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import os
+import sys
 import warnings
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +16,18 @@ import numpy as np
 from .._deps import require
 from ..errors import HiddenStateUnavailableError, UnsupportedGenerationModeError
 from ..heads.artifact import DecodingHeads
-from ..sampling import DecodingSettings, min_p_filter, nucleus_filter, resolve_decoding, top_k_filter, warp_temperature
+from ..sampling import (
+    NO_TOKEN,
+    DecodingSettings,
+    LearnedPredictor,
+    Predictor,
+    RowRandom,
+    StepOutput,
+    batch_seeds,
+    decode_step,
+    draw,
+    nucleus_step,
+)
 from ..trace import DecodingTrace, TraceStep
 from .identity import model_identity
 from .tap import HiddenStateTap
@@ -34,19 +50,143 @@ class NonFiniteHiddenStateWarning(RuntimeWarning):
     """Some rows had NaN/inf hidden states or head outputs and used the fallback T/P."""
 
 
-class _StepState:
-    """What the temperature processor hands to the top-p warper within one step."""
+# HF's own warpers, with the generate() setting that adds each one (for the stacking warning).
+_WARPER_SETTINGS = {
+    "TemperatureLogitsWarper": ("temperature", "temperature"),
+    "TopKLogitsWarper": ("top_k", "top_k"),
+    "TopPLogitsWarper": ("top_p", "top_p"),
+    "MinPLogitsWarper": ("min_p", "min_p"),
+    "TypicalLogitsWarper": ("typical_p", "mass"),
+    "EpsilonLogitsWarper": ("epsilon_cutoff", "epsilon"),
+    "EtaLogitsWarper": ("eta_cutoff", "epsilon"),
+    "TopHLogitsWarper": ("top_h", "top_h"),
+}
 
-    def __init__(self, trace: DecodingTrace | None) -> None:
-        self.top_p: torch.Tensor | None = None
+
+def _generate_context(processor: Any) -> tuple[Any, Any]:
+    """``(processor list, generation config)`` of the generate() call running ``processor``, if any.
+
+    generate()'s decoding loop (``_sample`` on transformers 4.57 and 5.x) holds the list it built,
+    built-in warpers included, and its own copy of the generation config; both are locals of the
+    frame a few levels above the processor. ``(None, None)`` when the processor runs elsewhere.
+    """
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            break
+        local = frame.f_locals
+        processors, config = local.get("logits_processor"), local.get("generation_config")
+        if config is not None and isinstance(processors, list) and any(p is processor for p in processors):
+            return processors, config
+        frame = frame.f_back
+    return None, None
+
+
+def _eos_id(config: Any) -> int | None:
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    if hasattr(eos, "tolist"):
+        eos = eos.reshape(-1).tolist()[0] if eos.numel() else None
+    return None if eos is None else int(eos)
+
+
+class _StepState:
+    """What the pair shares within one step, and what a session keeps across generate() calls.
+
+    A new generate() call (another generation config object in generate()'s frame, or, when the
+    processors run outside generate(), a sequence that did not grow by one token) starts a fresh
+    trace and fresh per-row random streams.
+    """
+
+    def __init__(
+        self, trace: DecodingTrace | None, *, seed: int | None = None, row_seeds: Sequence[int] | None = None,
+        eos_token_id: int | None = None,
+    ) -> None:
+        self.step: StepOutput[Any] | None = None
         self.trace = trace
+        self.record_trace = trace is not None
+        self.seed = seed
+        self.row_seeds = None if row_seeds is None else [int(s) for s in row_seeds]
+        self.eos_token_id = eos_token_id
+        self.random: RowRandom | None = None
+        self.generation: Any = None
+        self.length: int | None = None
+        self.generations = 0
         self.fallback_rows = 0
+        self.nonfinite_rows = 0
         self.warned = False
+        self.warned_stacking = False
         self.checked_mode = False
+
+    def begin(self, input_ids: torch.Tensor, processor: Any) -> None:
+        """Start or continue a generation; called by the temperature processor at every step."""
+        processors, config = _generate_context(processor)
+        batch, length = int(input_ids.shape[0]), int(input_ids.shape[1])
+        if config is not None:
+            new = config is not self.generation
+        else:
+            new = self.random is None or length != (self.length or 0) + 1 or batch != len(self.random)
+        self.length = length
+        if not new:
+            return
+        self.generation = config
+        self.generations += 1
+        self.checked_mode = False
+        if self.record_trace and (self.trace is None or self.trace.steps):
+            self.trace = DecodingTrace()
+        if config is not None and _eos_id(config) is not None:
+            self.eos_token_id = _eos_id(config)
+        self.random = RowRandom(self._seeds(batch))
+        if processors is not None and not self.warned_stacking:
+            self._warn_stacked(processors)
+
+    def _seeds(self, batch: int) -> list[int]:
+        if self.row_seeds is not None:
+            if len(self.row_seeds) != batch:
+                raise ValueError(
+                    f"The session was given {len(self.row_seeds)} row seeds but generate() runs {batch} rows; "
+                    "pass one seed per row (prompts x num_return_sequences)."
+                )
+            return self.row_seeds
+        # Without a seed, one comes from torch's global generator: torch.manual_seed() still fixes the tokens.
+        seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        return batch_seeds(seed, batch)
+
+    def _warn_stacked(self, processors: list[Any]) -> None:
+        found = []
+        for other in processors:
+            setting = _WARPER_SETTINGS.get(type(other).__name__)
+            if setting is not None and type(other).__module__.startswith("transformers"):
+                found.append(f"{setting[0]}={getattr(other, setting[1], '?')}")
+        if found:
+            self.warned_stacking = True
+            _warn_stacking(", ".join(found), stacklevel=5)
+
+    def count_fallbacks(self, step: StepOutput[Any], settings: DecodingSettings) -> None:
+        bad_rows, broken = int(step.fallback.sum()), int(step.nonfinite.sum())
+        if not bad_rows:
+            return
+        self.fallback_rows += bad_rows
+        self.nonfinite_rows += broken
+        if not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"{bad_rows} row(s) had a NaN/inf hidden state or head output; they use the fallback "
+                f"temperature {settings.fallback_temperature} and top-p {settings.fallback_top_p}"
+                + (f", and {broken} whose logits were not finite end with EOS" if broken else "")
+                + ". Generation goes on; see `session.fallback_rows` for the total.",
+                NonFiniteHiddenStateWarning,
+                stacklevel=4,
+            )
 
 
 class LearnedTemperatureProcessor(LogitsProcessor):
     r"""Runs the heads on the current hidden state and divides each row by its own temperature.
+
+    The first half of :func:`~deco_middleware.sampling.decode_step` (heads, settings, temperature,
+    optional top-k / min-p); its paired :class:`LearnedTopPWarper` applies each row's nucleus and
+    draws the token.
 
     Args:
         heads (`DecodingHeads`): the trained heads.
@@ -60,11 +200,15 @@ class LearnedTemperatureProcessor(LogitsProcessor):
     ...     out = model.generate(**inputs, **session.generate_kwargs, max_new_tokens=32)
     """
 
-    def __init__(self, heads: DecodingHeads, tap: HiddenStateTap, settings: DecodingSettings, state: _StepState) -> None:
+    def __init__(
+        self, heads: DecodingHeads | None, tap: HiddenStateTap, settings: DecodingSettings, state: _StepState,
+        predictor: Predictor | None = None,
+    ) -> None:
         self.heads = heads
         self.tap = tap
         self.settings = settings
         self.state = state
+        self.predictor = predictor if predictor is not None else LearnedPredictor(heads, settings)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         hidden, raw_logits = self.tap.pop()
@@ -74,47 +218,25 @@ class LearnedTemperatureProcessor(LogitsProcessor):
                 "the processors are attached to a different model than the one generating."
             )
         state = self.state
+        state.begin(input_ids, self)
         if not state.checked_mode:
             self._check_generation_mode(scores, raw_logits)
             state.checked_mode = True
         self._record_previous_token(input_ids)
-
-        # The heads run in ONNX Runtime on numpy views of the captured tensors (no copy for float32
-        # CPU tensors); the per-row settings are resolved on those [batch]-sized numpy arrays, where
-        # each operation costs about a microsecond instead of a torch dispatch.
-        hidden_np = hidden.detach().float().cpu().numpy()
-        temperature_pred, top_p_pred = self.heads.run(hidden_np, raw_logits.detach().float().cpu().numpy())
-        resolved = resolve_decoding(temperature_pred, top_p_pred, np.isfinite(hidden_np).all(axis=-1), self.settings)
-        temperature = torch.from_numpy(np.ascontiguousarray(resolved.temperature, dtype=np.float32)).to(scores.device)
-        top_p = torch.from_numpy(np.ascontiguousarray(resolved.top_p, dtype=np.float32)).to(scores.device)
-        bad_rows = int(resolved.fallback.sum())
-        if bad_rows:
-            state.fallback_rows += bad_rows
-            if not state.warned:
-                state.warned = True
-                warnings.warn(
-                    f"{bad_rows} row(s) had a NaN/inf hidden state or head output; they use the fallback "
-                    f"temperature {self.settings.fallback_temperature} and top-p {self.settings.fallback_top_p}. "
-                    "Generation goes on; see `session.fallback_rows` for the total.",
-                    NonFiniteHiddenStateWarning,
-                    stacklevel=2,
-                )
-        scores = warp_temperature(scores, temperature)
-        if self.settings.top_k:
-            scores = top_k_filter(scores, self.settings.top_k)
-        if self.settings.min_p:
-            scores = min_p_filter(scores, self.settings.min_p)
-        state.top_p = top_p
+        # The heads see the raw LM-head logits; the step shapes generate()'s (penalised) scores.
+        step = decode_step(self.predictor, scores, raw_logits=raw_logits, hidden=hidden, nucleus=False)
+        state.count_fallbacks(step, self.settings)
+        state.step = step
         if state.trace is not None:
             state.trace.steps.append(
                 TraceStep(
                     position=int(input_ids.shape[1]),
-                    temperature=resolved.temperature.tolist(),
-                    top_p=resolved.top_p.tolist(),
-                    fallback=resolved.fallback.tolist(),
+                    temperature=step.temperature.tolist(),
+                    top_p=step.top_p.tolist(),
+                    fallback=step.fallback.tolist(),
                 )
             )
-        return scores
+        return step.scores
 
     def _check_generation_mode(self, scores: torch.Tensor, raw_logits: torch.Tensor) -> None:
         # Beam search hands processors log-softmax scores (each row's logsumexp is 0) instead of
@@ -134,29 +256,57 @@ class LearnedTemperatureProcessor(LogitsProcessor):
 
 
 class LearnedTopPWarper(LogitsProcessor):
-    r"""Keeps each row's own nucleus, with the top-p its paired :class:`LearnedTemperatureProcessor` chose.
+    r"""Keeps each row's own nucleus, then draws each row's token with that row's seeded stream.
 
-    The most likely token is always kept. Must come right after the temperature processor in the
-    same list (which :meth:`LearnedDecoding.attach` guarantees).
+    The top-p is the one its paired :class:`LearnedTemperatureProcessor` chose; the most likely token
+    is always kept. It hands generate() a one-token distribution (the drawn token at 0, every other
+    at -inf), so generate()'s own sampling or argmax, and any warper after it, pick exactly that
+    token: the same seed gives the same tokens as the other backends (see ``RowRandom``). A row
+    whose logits were not finite gets the end-of-sequence token. Must come right after the
+    temperature processor in the same list (which :meth:`LearnedDecoding.attach` guarantees).
     """
 
     def __init__(self, state: _StepState) -> None:
         self.state = state
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        top_p = self.state.top_p
-        if top_p is None:
+        step = self.state.step
+        if step is None or self.state.random is None:
             raise HiddenStateUnavailableError(
                 "LearnedTopPWarper ran without its LearnedTemperatureProcessor in this step; put both in the "
                 "same `logits_processor` list, temperature first (use `session.logits_processor`)."
             )
-        self.state.top_p = None
-        filtered, nucleus_size = nucleus_filter(scores, top_p)
+        self.state.step = None
+        step = nucleus_step(step, scores)
+        chosen = draw(step.scores, self.state.random.next())
+        if step.nonfinite.any():
+            chosen = np.where(chosen == NO_TOKEN, self._eos(), chosen)
         trace = self.state.trace
         if trace is not None and trace.steps:
-            trace.steps[-1].nucleus_size = nucleus_size.tolist()
-            trace.set_final_scores(filtered)
-        return filtered
+            trace.steps[-1].nucleus_size = step.nucleus_size.tolist()
+            trace.set_final_scores(step.scores)
+        one_token = torch.full_like(scores, -math.inf)
+        return one_token.scatter(-1, torch.from_numpy(chosen).to(scores.device)[:, None], 0.0)
+
+    def _eos(self) -> int:
+        if self.state.eos_token_id is None:
+            raise HiddenStateUnavailableError(
+                "A row's logits were not finite and the model has no `eos_token_id` to end it with; "
+                "set `model.generation_config.eos_token_id`."
+            )
+        return self.state.eos_token_id
+
+
+def _warn_stacking(settings: str, *, stacklevel: int) -> None:
+    warnings.warn(
+        f"generate() also applies {settings} (from the model's generation config, the pipeline's defaults or "
+        "your arguments). Learned decoding hands generate() a single token per row, so they cannot change the "
+        "tokens, but they cost time and are easy to misread: pass `do_sample=True, temperature=1.0, top_p=1.0, "
+        "top_k=0` (`**session.generate_kwargs`), and use `top_k`/`min_p` of DecodingSettings to combine "
+        "filters with the learned pair in the method's order.",
+        StackedWarpersWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def _is_pipeline(obj: Any) -> bool:
@@ -191,49 +341,66 @@ def effective_generation_values(model_or_pipeline: Any, call_kwargs: dict[str, A
                 values[key] = value
         values.update({k: v for k, v in (getattr(model_or_pipeline, "_generate_kwargs", None) or {}).items() if k in values})
     values.update({k: v for k, v in call_kwargs.items() if k in values})
-    library_defaults = transformers.GenerationConfig()  # 4.57: top_k=50 applies unless overridden
-    return {key: getattr(library_defaults, key, None) if value is None else value for key, value in values.items()}
+    return {key: _library_default(key) if value is None else value for key, value in values.items()}
+
+
+def _library_default(key: str) -> Any:
+    """What generate() uses for an unset value: 4.57 keeps it on ``GenerationConfig()`` (top_k=50);
+    5.x leaves it ``None`` there and fills it in from ``_get_default_generation_params()`` (top_k=50 too)."""
+    defaults = getattr(transformers.GenerationConfig, "_get_default_generation_params", None)
+    if defaults is not None:
+        return defaults().get(key)
+    return getattr(transformers.GenerationConfig(), key, None)
 
 
 def check_generate_kwargs(model_or_pipeline: Any, call_kwargs: dict[str, Any], *, stacklevel: int = 2) -> dict[str, Any]:
     """Warn when a static temperature/top-p/top-k would run after the learned pair; return them."""
     stacked = stacked_warper_settings(effective_generation_values(model_or_pipeline, call_kwargs))
     if stacked:
-        settings = ", ".join(f"{k}={v}" for k, v in stacked.items())
-        warnings.warn(
-            f"generate() would apply {settings} on top of learned decoding (from the model's generation config, "
-            "the pipeline's defaults or your arguments). Pass `do_sample=True, temperature=1.0, top_p=1.0, "
-            "top_k=0` (`**session.generate_kwargs`) so that only the learned pair shapes the distribution; use "
-            "`top_k`/`min_p` of DecodingSettings to combine them in the method's order.",
-            StackedWarpersWarning,
-            stacklevel=stacklevel + 1,
-        )
+        _warn_stacking(", ".join(f"{k}={v}" for k, v in stacked.items()), stacklevel=stacklevel + 1)
     return stacked
 
 
 class DecodingSession:
     """The tap and the processor pair, attached to one model for the duration of a ``with`` block.
 
+    Each ``generate()`` call through the session (or with its ``logits_processor``) starts a fresh
+    trace and fresh per-row random streams: with a ``seed`` the same prompts give the same tokens
+    every call, without one the seed comes from torch's global generator (``torch.manual_seed``).
+
     Attributes:
         logits_processor: the ``LogitsProcessorList`` to pass to ``generate()``.
         generate_kwargs: ``logits_processor`` plus the arguments that neutralise built-in warpers.
-        trace: the per-step :class:`DecodingTrace` when recording was asked for, else ``None``.
+        trace: the per-step :class:`DecodingTrace` of the latest generation when recording was asked
+            for, else ``None``.
     """
 
-    def __init__(self, decoding: LearnedDecoding, target: Any) -> None:
+    def __init__(
+        self, decoding: PredictorDecoding, target: Any, *, seed: int | None = None,
+        row_seeds: Sequence[int] | None = None,
+    ) -> None:
         self.target = target
         self.model = target.model if _is_pipeline(target) else target
-        if decoding.check_model:
+        if decoding.check_model and decoding.heads is not None:
             decoding.heads.check_compatible(model_identity(self.model))
         self.tap = HiddenStateTap(self.model)
-        self.trace = DecodingTrace() if decoding.record_trace else None
-        self._state = _StepState(self.trace)
+        self._state = _StepState(
+            DecodingTrace() if decoding.record_trace else None,
+            seed=decoding.seed if seed is None else seed,
+            row_seeds=row_seeds,
+            eos_token_id=_eos_id(getattr(self.model, "generation_config", None)),
+        )
         self.logits_processor = LogitsProcessorList(
             [
-                LearnedTemperatureProcessor(decoding.heads, self.tap, decoding.settings, self._state),
+                LearnedTemperatureProcessor(decoding.heads, self.tap, decoding.settings, self._state,
+                                            decoding.predictor),
                 LearnedTopPWarper(self._state),
             ]
         )
+
+    @property
+    def trace(self) -> DecodingTrace | None:
+        return self._state.trace
 
     @property
     def generate_kwargs(self) -> dict[str, Any]:
@@ -241,8 +408,13 @@ class DecodingSession:
 
     @property
     def fallback_rows(self) -> int:
-        """How many row-steps used the fallback T/P because of non-finite values."""
+        """How many row-steps used the fallback T/P because of non-finite values (all generations)."""
         return self._state.fallback_rows
+
+    @property
+    def nonfinite_rows(self) -> int:
+        """How many rows ended with EOS because their logits were not finite (all generations)."""
+        return self._state.nonfinite_rows
 
     def __enter__(self) -> DecodingSession:
         self.tap.__enter__()
@@ -264,10 +436,29 @@ class DecodingSession:
                     f"`{name}={kwargs[name]!r}` selects a generation mode learned decoding does not support "
                     "(beam search, assisted or contrastive decoding). Use plain sampling or greedy decoding."
                 )
-        merged = {**self.generate_kwargs, **kwargs}
+        neutral = dict(NEUTRAL_GENERATE_KWARGS)
+        if kwargs.get("do_sample") is False:
+            # transformers warns about top_k/temperature/top_p given without sampling; the pair draws
+            # the token itself either way, so only do_sample is passed on.
+            neutral = {"do_sample": False}
+        merged = {**neutral, **kwargs, "logits_processor": self.logits_processor}
         if "logits_processor" in kwargs:
             merged["logits_processor"] = LogitsProcessorList([*kwargs["logits_processor"], *self.logits_processor])
-        check_generate_kwargs(self.target, merged, stacklevel=3)
+        config = kwargs.get("generation_config")
+        if config is not None:
+            # generate() deprecates a generation_config plus loose generation arguments: put ours into a copy.
+            config = copy.deepcopy(config)
+            for key, value in neutral.items():
+                if key not in kwargs:
+                    setattr(config, key, value)
+                merged.pop(key, None) if key not in kwargs else None
+            merged["generation_config"] = config
+            call_values = {key: getattr(config, key, None) for key in _SAMPLING_KEYS}
+            call_values.update({k: v for k, v in kwargs.items() if k in _SAMPLING_KEYS})
+        else:
+            call_values = merged
+        if check_generate_kwargs(self.target, call_values, stacklevel=3):
+            self._state.warned_stacking = True
         return merged
 
     def generate(self, **kwargs: Any) -> Any:
@@ -285,7 +476,105 @@ class DecodingSession:
         return self.target(inputs, **self._merged(kwargs))
 
 
-class LearnedDecoding:
+class LearnedLogitsProcessorList(LogitsProcessorList):
+    """The learned pair with its own hidden-state tap, for :meth:`LearnedDecoding.logits_processor`.
+
+    The tap is removed when the list is dropped (right after a ``generate(...,
+    logits_processor=decoding.logits_processor(model))`` call that holds the only reference), or
+    by :meth:`close` / leaving a ``with`` block.
+    """
+
+    def __init__(self, session: DecodingSession) -> None:
+        super().__init__(session.logits_processor)
+        self._state = session._state
+        session.tap.__enter__()
+        # The finalizer holds the tap, not the list or the session, so dropping the list frees it.
+        self._finalizer = weakref.finalize(self, session.tap.close)
+
+    @property
+    def trace(self) -> DecodingTrace | None:
+        return self._state.trace
+
+    @property
+    def fallback_rows(self) -> int:
+        return self._state.fallback_rows
+
+    def close(self) -> None:
+        """Remove the tap from the model now."""
+        self._finalizer()
+
+    def __enter__(self) -> LearnedLogitsProcessorList:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class PredictorDecoding:
+    """Any decoding (a :class:`~deco_middleware.sampling.Predictor`) inside ``generate()`` and pipelines.
+
+    The same processor pair, trace and per-row seeded draw as :class:`LearnedDecoding`, with any
+    predictor: ``PredictorDecoding.from_strategy("static:0.7,0.9")`` runs the library's static
+    step (not Hugging Face's warpers), so a strategy name decodes the same on every backend.
+
+    Args:
+        predictor: decides each row's T, P and filters (see :mod:`deco_middleware.strategies`).
+        record_trace: keep a per-step :class:`DecodingTrace` on each session.
+        seed: seeds every row's token draw (row ``i`` uses ``row_seeds(seed, 1, i)``); ``None`` takes
+            one from torch's global generator.
+    """
+
+    heads: DecodingHeads | None = None
+    check_model = False
+
+    def __init__(self, predictor: Predictor, *, record_trace: bool = False, seed: int | None = None) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` has to be an integer or None, got {seed!r}.")
+        self.predictor = predictor
+        self.heads = getattr(predictor, "heads", None)
+        self.check_model = self.heads is not None
+        self.settings: DecodingSettings = getattr(predictor, "settings", None) or DecodingSettings()
+        self.record_trace = record_trace
+        self.seed = seed
+
+    @classmethod
+    def from_strategy(cls, strategy: Any, heads: Any = None, *, record_trace: bool = False, seed: int | None = None,
+                      **settings_overrides: Any) -> PredictorDecoding:
+        """A strategy name (or parsed :class:`~deco_middleware.strategies.Strategy`) as a decoding."""
+        from ..strategies import parse_strategy
+
+        parsed = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+        if parsed.learned:
+            loaded = heads if heads is None or isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
+            return cls(parsed.predictor(loaded, **settings_overrides), record_trace=record_trace, seed=seed)
+        return cls(parsed.predictor(), record_trace=record_trace, seed=seed)
+
+    def attach(
+        self, model_or_pipeline: Any, *, seed: int | None = None, row_seeds: Sequence[int] | None = None
+    ) -> DecodingSession:
+        """A new session (tap + processor pair) for ``model_or_pipeline``; use it as a context manager.
+
+        ``seed`` overrides the decoding's seed; ``row_seeds`` gives every row of the batch its own seed.
+        """
+        return DecodingSession(self, model_or_pipeline, seed=seed, row_seeds=row_seeds)
+
+    def logits_processor(self, model_or_pipeline: Any, *, seed: int | None = None) -> LearnedLogitsProcessorList:
+        """The pair as a plain ``logits_processor`` for any ``generate()`` or pipeline call, no ``with`` needed.
+
+        It taps the model itself and removes the tap once the list is dropped (or closed):
+
+        >>> out = model.generate(**inputs, max_new_tokens=32,  # doctest: +SKIP
+        ...                      logits_processor=decoding.logits_processor(model))
+        """
+        return LearnedLogitsProcessorList(DecodingSession(self, model_or_pipeline, seed=seed))
+
+    def generate(self, model: Any, **kwargs: Any) -> Any:
+        """Attach, generate once, detach. Returns what ``model.generate`` returns."""
+        with self.attach(model) as session:
+            return session.generate(**kwargs)
+
+
+class LearnedDecoding(PredictorDecoding):
     """Trained heads plus the user's settings; attach them to a model or pipeline to generate.
 
     Args:
@@ -293,10 +582,16 @@ class LearnedDecoding:
         settings: a :class:`DecodingSettings`; keyword arguments build one when it is omitted.
         record_trace: keep a per-step :class:`DecodingTrace` on each session.
         check_model: refuse models whose sizes or LM-head fingerprint differ from the manifest.
+        seed: seeds every row's token draw (row ``i`` uses ``row_seeds(seed, 1, i)``, like the
+            engine and the ONNX Runtime loop); ``None`` takes one from torch's global generator.
+
+    The pair draws each token itself, so ``generate()``'s ``do_sample``, ``temperature``,
+    ``top_k`` and ``top_p`` do not change the tokens; greedy decoding is ``temperature_scale=0``.
 
     >>> decoding = LearnedDecoding("smollm2-135m-instruct", temperature_scale=1.0)  # doctest: +SKIP
     >>> with decoding.attach(model) as session:  # doctest: +SKIP
     ...     out = model.generate(**inputs, **session.generate_kwargs, max_new_tokens=32)
+    >>> out = model.generate(**inputs, logits_processor=decoding.logits_processor(model))  # doctest: +SKIP
     """
 
     def __init__(
@@ -306,27 +601,19 @@ class LearnedDecoding:
         *,
         record_trace: bool = False,
         check_model: bool = True,
+        seed: int | None = None,
         **settings_kwargs: Any,
     ) -> None:
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
-        self.heads = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
-        self.settings = settings or DecodingSettings(**settings_kwargs)
-        self.record_trace = record_trace
+        loaded = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
+        settings = settings or DecodingSettings(**settings_kwargs)
+        if "temperature" not in loaded.trained_heads and settings.use_temperature_head:
+            settings = _replace(settings, use_temperature_head=False)
+        if "top_p" not in loaded.trained_heads and settings.use_top_p_head:
+            settings = _replace(settings, use_top_p_head=False)
+        super().__init__(LearnedPredictor(loaded, settings), record_trace=record_trace, seed=seed)
         self.check_model = check_model
-        if "temperature" not in self.heads.trained_heads and self.settings.use_temperature_head:
-            self.settings = _replace(self.settings, use_temperature_head=False)
-        if "top_p" not in self.heads.trained_heads and self.settings.use_top_p_head:
-            self.settings = _replace(self.settings, use_top_p_head=False)
-
-    def attach(self, model_or_pipeline: Any) -> DecodingSession:
-        """A new session (tap + processor pair) for ``model_or_pipeline``; use it as a context manager."""
-        return DecodingSession(self, model_or_pipeline)
-
-    def generate(self, model: Any, **kwargs: Any) -> Any:
-        """Attach, generate once, detach. Returns what ``model.generate`` returns."""
-        with self.attach(model) as session:
-            return session.generate(**kwargs)
 
 
 def _replace(settings: DecodingSettings, **changes: Any) -> DecodingSettings:
@@ -339,9 +626,11 @@ __all__ = [
     "NEUTRAL_GENERATE_KWARGS",
     "DecodingSession",
     "LearnedDecoding",
+    "LearnedLogitsProcessorList",
     "LearnedTemperatureProcessor",
     "LearnedTopPWarper",
     "NonFiniteHiddenStateWarning",
+    "PredictorDecoding",
     "StackedWarpersWarning",
     "check_generate_kwargs",
 ]

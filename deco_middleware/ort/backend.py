@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from ..heads.artifact import DEFAULT_PROVIDER, DecodingHeads, heads_for_identity
-from ..sampling import DecodingSettings
 from .graph import EXPORT_INFO_NAME, ONNX_MODEL_NAME
 from .loop import OnnxGenerator, TokenEvent
 from .runtime import OnnxCausalLM
@@ -121,10 +120,11 @@ def generate_text_ort(
 
     Returns the same keys (``text``, ``tokens``, ``token_ids``, ``temperature``, ``top_p``,
     ``strategy``, ``model``, ``heads``, ``seed``) plus ``backend="ort"`` and ``finish_reason``.
-    Sampling draws from a seeded numpy generator, so sampled text differs from the torch backend's
-    for the same seed; greedy output is the same up to float rounding.
+    The decoding step and the per-row seeded draw are the torch backend's, so the same seed gives
+    the same tokens (up to the float rounding of the two runtimes' logits).
     """
-    from ..cli.strategies import parse_strategy
+    from ..rows import generation_result
+    from ..strategies import parse_strategy
 
     chosen = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     # an already loaded LM (an OnnxCausalLM or the onnxruntime-genai adapter) is used as it is
@@ -135,29 +135,21 @@ def generate_text_ort(
     if chosen.learned:
         loaded = heads_for_identity(heads, lm.identity())
         heads_name = str(loaded.directory)
-        generator = OnnxGenerator(lm, loaded, temperature_scale=temperature_scale, top_p_scale=top_p_scale)
-    elif chosen.name == "greedy":
-        generator = OnnxGenerator(lm, None, DecodingSettings(temperature_scale=0.0))
+        loaded.check_compatible(lm.identity())
+        predictor = chosen.predictor(
+            loaded, temperature_scale=chosen.temperature_scale * temperature_scale, top_p_scale=top_p_scale
+        )
     else:
-        # Without heads the predictions are T = P = 1, so the scales are the static values.
-        generator = OnnxGenerator(lm, None, DecodingSettings(temperature_scale=chosen.temperature, top_p_scale=chosen.top_p))
+        predictor = chosen.predictor()
+    generator = OnnxGenerator(lm, predictor=predictor)
     result = generator.generate(
         [tokenizer.encode_chat(prompt)], max_new_tokens=max_new_tokens, seed=seed,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         stop_strings=stop_strings, decode=tokenizer.decode, on_token=on_token,
     )
-    new_ids = result.token_ids[0]
-    name = "static" if chosen.name == "static" else chosen.name
-    return {
-        "text": tokenizer.decode(new_ids),
-        "tokens": [tokenizer.decode([i]) for i in new_ids],
-        "token_ids": new_ids,
-        "temperature": result.temperature[0],
-        "top_p": result.top_p[0],
-        "strategy": name if name != "static" else f"static:{chosen.temperature},{chosen.top_p}",
-        "model": str(lm.directory) if loaded_lm else str(model),
-        "heads": heads_name,
-        "seed": seed,
-        "backend": "ort",
-        "finish_reason": result.finish_reason[0],
-    }
+    return generation_result(
+        token_ids=result.token_ids[0], decode=tokenizer.decode, temperature=result.temperature[0],
+        top_p=result.top_p[0], strategy=chosen,
+        model=str(lm.directory) if loaded_lm else str(model),
+        heads=heads_name, seed=seed, backend="ort", finish_reason=result.finish_reason[0],
+    )

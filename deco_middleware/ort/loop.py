@@ -1,8 +1,11 @@
 """A torch-free generation loop for apps: numpy + ONNX Runtime, learned or static decoding.
 
-The per-row algorithm is the one in :mod:`deco_middleware.sampling` (shared with the torch
-processors); this module only drives the exported LM step by step, keeps the KV cache, handles
-padding, EOS and stop strings, draws from a seeded numpy generator and streams each token.
+The decoding step is :func:`~deco_middleware.sampling.decode_step` and the draw
+:func:`~deco_middleware.sampling.draw` with each row's :class:`~deco_middleware.sampling.RowRandom`
+stream (shared with the torch processors and the engine, so the same seed gives the same tokens);
+this module only drives the exported LM step by step, keeps the KV cache, handles padding, EOS
+(the rule of :mod:`deco_middleware.rows`: kept in ``token_ids``) and stop strings, and streams
+each token.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import numpy as np
 
 from ..errors import HiddenStateUnavailableError
 from ..heads.artifact import DecodingHeads
+from ..rows import RowRecords, stop_token_ids
 from ..sampling import (
     DecodingSettings,
-    min_p_filter,
-    nucleus_filter,
-    resolve_decoding,
-    top_k_filter,
-    warp_temperature,
+    LearnedPredictor,
+    Predictor,
+    RowRandom,
+    StaticPredictor,
+    batch_seeds,
+    decode_step,
+    draw,
 )
 from .runtime import OnnxCausalLM
 
@@ -47,9 +53,10 @@ class GenerationResult:
     token_ids: list[list[int]]
     temperature: list[list[float]]
     top_p: list[list[float]]
-    finish_reason: list[str]  # "eos" | "stop" | "length"
+    finish_reason: list[str]  # "eos" | "stop" | "length" | "nonfinite" (see deco_middleware.rows)
     texts: list[str] | None = None
-    fallback_rows: int = 0  # row-steps that used the fallback T/P (non-finite hidden state or head output)
+    fallback_rows: int = 0  # row-steps that used the fallback T/P (non-finite hidden state, head output or logits)
+    nonfinite_rows: int = 0  # rows ended with EOS because their logits were not finite
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,33 +73,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.nd
     return input_ids, mask
 
 
-def _sample(scores: np.ndarray, greedy_rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row: argmax for greedy rows, else inverse-CDF sampling of softmax(scores).
-
-    Only each row's finite scores (its nucleus, after the filters) enter the float64 exponentials and
-    the cumulative sum; the -inf entries add exact zeros to the full-vocabulary CDF, so the drawn token
-    is the same as with it, at the cost of the nucleus instead of the vocabulary.
-    """
-    uniforms = rng.random(scores.shape[0])  # drawn for every row so each row's stream is fixed by the seed
-    drawn = np.argmax(scores, axis=-1)
-    for row in np.flatnonzero(~np.asarray(greedy_rows, dtype=bool)):
-        kept = np.flatnonzero(scores[row] > -np.inf)
-        values = scores[row, kept].astype(np.float64)
-        cdf = np.cumsum(np.exp(values - values.max()))
-        position = min(int(np.searchsorted(cdf, uniforms[row] * cdf[-1], side="right")), len(kept) - 1)
-        drawn[row] = kept[position]
-    return drawn.astype(np.int64)
-
-
 class OnnxGenerator:
     """Learned (or static) decoding on an exported LM, without torch.
 
     Args:
         lm: an :class:`OnnxCausalLM` (or the path of an export).
-        heads: trained :class:`DecodingHeads` (or a name / path), or ``None`` for static decoding, where
-            ``settings.temperature_scale`` and ``settings.top_p_scale`` are the constant T and P
-            (``temperature_scale=0`` is greedy).
-        settings: :class:`DecodingSettings`; keyword arguments build one when omitted.
+        heads: trained :class:`DecodingHeads` (or a name / path) for learned decoding.
+        settings: :class:`DecodingSettings` for the heads; keyword arguments build one when omitted.
+        predictor: any :class:`~deco_middleware.sampling.Predictor` instead of heads, e.g.
+            ``StaticPredictor(0.7, 0.9)`` (T and P themselves; ``StaticPredictor(0)`` is greedy) or
+            ``parse_strategy("edt").predictor()``. Without heads or a predictor: T = 1, P = 1.
         check_model: refuse heads whose base-model sizes or LM-head fingerprint differ from the export.
 
     >>> generator = OnnxGenerator("exports/smollm2", "smollm2-135m-instruct")  # doctest: +SKIP
@@ -105,11 +95,19 @@ class OnnxGenerator:
         heads: DecodingHeads | str | os.PathLike[str] | None = None,
         settings: DecodingSettings | None = None,
         *,
+        predictor: Predictor | None = None,
         check_model: bool = True,
         **settings_kwargs: Any,
     ) -> None:
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
+        if heads is None and (settings is not None or settings_kwargs):
+            raise ValueError(
+                "Settings scale the heads' predictions, and no heads were given. For a static temperature and "
+                "top-p pass `predictor=StaticPredictor(T, P)` (`StaticPredictor(0)` is greedy)."
+            )
+        if heads is not None and predictor is not None:
+            raise ValueError("Pass either `heads` (learned decoding) or a `predictor`, not both.")
         # Any object with OnnxCausalLM's prefill / step / identity serves (the onnxruntime-genai adapter does).
         self.lm = OnnxCausalLM(lm) if isinstance(lm, (str, os.PathLike)) else lm
         self.heads = heads if heads is None or isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
@@ -123,30 +121,15 @@ class OnnxGenerator:
                 settings = replace(settings, use_top_p_head=False)
             if check_model:
                 self.heads.check_compatible(self.lm.identity())
+            predictor = LearnedPredictor(self.heads, settings)
         self.settings = settings
+        self.predictor: Predictor = predictor if predictor is not None else StaticPredictor(1.0, 1.0)
 
-    def _decide(self, logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Filtered scores, applied T, applied P and the number of fallback rows for one step."""
-        logits = logits.astype(np.float32, copy=False)
-        if self.heads is None:
-            ones = np.ones(logits.shape[0], dtype=np.float32)
-            temperature_pred, top_p_pred, finite = ones, ones, np.ones(logits.shape[0], dtype=bool)
-        else:
-            if hidden.shape[-1] != self.heads.hidden_size:
-                raise HiddenStateUnavailableError(
-                    f"The LM's hidden state has size {hidden.shape[-1]} but the heads expect {self.heads.hidden_size}."
-                )
-            hidden = hidden.astype(np.float32, copy=False)
-            finite = np.isfinite(hidden).all(axis=-1)
-            temperature_pred, top_p_pred = self.heads.run(hidden, logits)
-        resolved = resolve_decoding(temperature_pred, top_p_pred, finite, self.settings)
-        scores = warp_temperature(logits, resolved.temperature)
-        if self.settings.top_k:
-            scores = top_k_filter(scores, self.settings.top_k)
-        if self.settings.min_p:
-            scores = min_p_filter(scores, self.settings.min_p)
-        scores, _ = nucleus_filter(scores, resolved.top_p)
-        return scores, resolved.temperature, resolved.top_p, int(resolved.fallback.sum())
+    def _check_hidden(self, hidden: np.ndarray) -> None:
+        if self.heads is not None and hidden.shape[-1] != self.heads.hidden_size:
+            raise HiddenStateUnavailableError(
+                f"The LM's hidden state has size {hidden.shape[-1]} but the heads expect {self.heads.hidden_size}."
+            )
 
     def generate(
         self,
@@ -165,7 +148,8 @@ class OnnxGenerator:
         Args:
             prompts: token ids per row (lengths may differ).
             max_new_tokens: the length limit per row.
-            seed: seeds the numpy generator (``None``: fresh entropy).
+            seed: row ``i`` draws from ``RowRandom(row_seeds(seed, 1, i))``, as in the torch backends
+                (``None``: fresh entropy).
             eos_token_id: one id or several; a row stops after generating one (it is kept in the output).
             pad_token_id: fed to finished rows and used for padding (default: the first EOS id, else 0).
             stop_strings: a row stops once its decoded text contains one (needs ``decode``).
@@ -176,51 +160,51 @@ class OnnxGenerator:
             raise ValueError(f"`max_new_tokens` has to be a positive integer, got {max_new_tokens!r}.")
         if stop_strings and decode is None:
             raise ValueError("`stop_strings` need a `decode` function (token ids -> text) to be detected.")
-        eos_ids = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+        eos_ids = stop_token_ids(eos_token_id)
         if pad_token_id is None:
             pad_token_id = min(eos_ids) if eos_ids else 0
-        rng = np.random.default_rng(seed)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy)
         input_ids, mask = left_pad(prompts, pad_token_id)
         batch = len(prompts)
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        temps: list[list[float]] = [[] for _ in range(batch)]
-        top_ps: list[list[float]] = [[] for _ in range(batch)]
+        random = RowRandom(batch_seeds(seed, batch))
+        records = RowRecords.empty(batch, eos_ids)
         texts = [""] * batch
-        reasons = ["length"] * batch
         active = np.ones(batch, dtype=bool)
-        fallback_rows = 0
 
         outputs, cache = self.lm.prefill(input_ids, mask)
         for step in range(max_new_tokens):
             logits, hidden = outputs.logits[:, -1, :], outputs.hidden_states[:, -1, :]
-            scores, temperature, top_p, bad = self._decide(logits, hidden)
-            fallback_rows += int(bad)
-            chosen = _sample(scores, temperature <= 0, rng)
-            for row in np.flatnonzero(active):
-                token = int(chosen[row])
-                tokens[row].append(token)
-                temps[row].append(float(temperature[row]))
-                top_ps[row].append(float(top_p[row]))
+            self._check_hidden(hidden)
+            shaped = decode_step(self.predictor, logits.astype(np.float32, copy=False),
+                                 hidden=hidden.astype(np.float32, copy=False))
+            rows = np.flatnonzero(active)
+            chosen, _ = records.add(rows.tolist(), draw(shaped.scores[rows], random.next(rows)), shaped, at=rows)
+            next_ids = np.full(batch, pad_token_id, dtype=np.int64)
+            for position, row in enumerate(rows):
+                token = int(chosen[position])
+                next_ids[row] = token
                 delta = None
-                if decode is not None:
-                    text = decode(tokens[row])
+                if decode is not None and records.finish_reason[row] != "nonfinite":
+                    text = decode(records.token_ids[row])
                     # a tokenizer may rewrite earlier text (merging spaces); then the whole text is the delta
                     delta, texts[row] = text.removeprefix(texts[row]), text
-                if token in eos_ids:
-                    reasons[row], active[row] = "eos", False
+                if records.finish_reason[row] in ("eos", "nonfinite"):
+                    active[row] = False
                 elif stop_strings and any(stop in texts[row] for stop in stop_strings):
-                    reasons[row], active[row] = "stop", False
+                    records.finish_reason[row], active[row] = "stop", False
                 elif step == max_new_tokens - 1:
                     active[row] = False
-                if on_token is not None:
-                    on_token(TokenEvent(row=int(row), step=step, token_id=token, temperature=float(temperature[row]),
-                                        top_p=float(top_p[row]), text=delta, finished=not active[row]))
+                if on_token is not None and records.finish_reason[row] != "nonfinite":
+                    on_token(TokenEvent(row=int(row), step=step, token_id=token,
+                                        temperature=records.temperature[row][-1], top_p=records.top_p[row][-1],
+                                        text=delta, finished=not active[row]))
             if not active.any() or step == max_new_tokens - 1:
                 break
             # finished rows keep being fed (as padding) so the batch stays rectangular; their output is ignored
-            next_ids = np.where(active, chosen, pad_token_id)
             outputs, cache = self.lm.step(cache, next_ids[:, None])
         return GenerationResult(
-            token_ids=tokens, temperature=temps, top_p=top_ps, finish_reason=reasons,
-            texts=texts if decode is not None else None, fallback_rows=fallback_rows,
+            token_ids=records.token_ids, temperature=records.temperature, top_p=records.top_p,
+            finish_reason=records.finish_reason, texts=texts if decode is not None else None,
+            fallback_rows=records.fallback_rows, nonfinite_rows=records.nonfinite_rows,
         )

@@ -15,10 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cli.strategies import STRATEGY_NAMES, parse_strategy
+from ..errors import UnknownStrategyError
+from ..strategies import Strategy, parse_strategy
 from .document import TraceDocument
 
-TRACE_STRATEGY_NAMES = (*STRATEGY_NAMES, "scale:X")
+# What `deco trace` can record: every strategy with a form as settings of the learned pair.
+TRACE_STRATEGY_NAMES = ("autodeco", "greedy", "static:T,P", "default", "min-p:X", "autodeco-t", "autodeco-p",
+                        "autodeco@S", "scale:X")
 
 
 @dataclass(frozen=True)
@@ -29,44 +32,38 @@ class RunSpec:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _label(strategy: Strategy, temperature_scale: float, top_p_scale: float) -> str:
+    if strategy.kind == "static":
+        label = f"static T={strategy.temperature:g}, P={strategy.top_p:g}"
+        return label + (f", min-p {strategy.min_p:g}" if strategy.min_p else "")
+    if strategy.kind == "greedy":
+        return "greedy"
+    if strategy.temperature_scale != 1.0:
+        return f"autodeco, T x {strategy.temperature_scale:g}"
+    label = strategy.key
+    if (temperature_scale, top_p_scale) != (1.0, 1.0):
+        label += f" (T x {temperature_scale:g}, P x {top_p_scale:g})"
+    return label
+
+
 def parse_run_strategy(text: str, *, temperature_scale: float = 1.0, top_p_scale: float = 1.0) -> RunSpec:
-    """``autodeco`` | ``greedy`` | ``static:T,P`` | ``scale:X``; unknown names fail listing the valid ones."""
-    text = text.strip()
-    if text.startswith("scale:"):
-        value = text[len("scale:") :]
-        try:
-            scale = float(value)
-        except ValueError:
-            raise ValueError(f"Strategy {text!r}: write scale:X with a number, e.g. scale:0.5.") from None
-        if not scale >= 0:
-            raise ValueError(f"Strategy {text!r}: the temperature scale must be >= 0 (0 is greedy).")
-        return RunSpec(f"autodeco, T x {scale:g}", {"temperature_scale": scale, "top_p_scale": top_p_scale})
+    """A strategy of :mod:`deco_middleware.strategies` as settings of the learned pair, which records
+    every run; unknown or untraceable names fail listing the valid ones."""
     try:
         strategy = parse_strategy(text)
-    except ValueError:
-        if text.split(":", 1)[0] in ("autodeco", "greedy", "static"):
+    except UnknownStrategyError as error:
+        if not str(error).startswith("Unknown strategy"):
             raise  # a known name written wrongly: its own message says how to write it
-        raise ValueError(f"Unknown strategy {text!r}; valid for `deco trace`: {', '.join(TRACE_STRATEGY_NAMES)}.") from None
-    if strategy.name == "autodeco":
-        label = "autodeco"
-        if (temperature_scale, top_p_scale) != (1.0, 1.0):
-            label += f" (T x {temperature_scale:g}, P x {top_p_scale:g})"
-        return RunSpec(label, {"temperature_scale": temperature_scale, "top_p_scale": top_p_scale})
-    if strategy.name == "greedy":
-        return RunSpec("greedy", {"temperature_scale": 0.0})
-    if strategy.name == "static":
-        return RunSpec(
-            f"static T={strategy.temperature:g}, P={strategy.top_p:g}",
-            {
-                "use_temperature_head": False,
-                "use_top_p_head": False,
-                "temperature_scale": strategy.temperature,
-                "top_p_scale": strategy.top_p,
-            },
-        )
-    raise ValueError(
-        f"Strategy {text!r} cannot be traced; valid for `deco trace`: {', '.join(TRACE_STRATEGY_NAMES)}."
-    )
+        raise UnknownStrategyError(
+            f"Unknown strategy {text.strip()!r}; valid for `deco trace`: {', '.join(TRACE_STRATEGY_NAMES)}."
+        ) from None
+    try:
+        settings = strategy.settings_for_the_learned_pair(temperature_scale=temperature_scale, top_p_scale=top_p_scale)
+    except UnknownStrategyError:
+        raise UnknownStrategyError(
+            f"Strategy {text.strip()!r} cannot be traced; valid for `deco trace`: {', '.join(TRACE_STRATEGY_NAMES)}."
+        ) from None
+    return RunSpec(_label(strategy, temperature_scale, top_p_scale), settings)
 
 
 def trace_generation(
@@ -82,7 +79,7 @@ def trace_generation(
 ) -> TraceDocument:
     """Generate one reply to ``prompt`` (through the chat template) and return its trace document."""
     from .._deps import require
-    from ..generation import chat_inputs
+    from ..hf.chat import chat_inputs
     from ..hf import LearnedDecoding
 
     torch = require("torch", purpose="Generating a traced reply")

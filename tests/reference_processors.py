@@ -1,18 +1,21 @@
-"""Logits processors of the baselines, and the per-row seeded sampler every sampled strategy ends with.
+"""Independent HF-processor references for the tests: static, EDT, and a per-row seeded sampler.
 
-All of them reuse the one decoding algorithm of :mod:`deco_middleware.sampling`
-(``warp_temperature``, ``min_p_filter``, ``nucleus_filter``) and never edit ``scores`` in place.
+They are written from the score transforms of :mod:`deco_middleware.sampling` (``warp_temperature``,
+``min_p_filter``, ``nucleus_filter``), not from ``decode_step``, so that ``generate()`` with them is
+a second, separate implementation the engine and the learned pair are compared against. They
+never edit ``scores`` in place. (Formerly ``deco_middleware/evaluation/processors.py``; only tests
+used them.)
 """
 
 from __future__ import annotations
 
 import math
 
-from .._deps import require
-from ..sampling import min_p_filter, nucleus_filter, warp_temperature
+import numpy as np
+import torch
+import transformers
 
-torch = require("torch", purpose="The evaluation harness")
-transformers = require("transformers", purpose="The evaluation harness")
+from deco_middleware.sampling import RowRandom, draw, min_p_filter, nucleus_filter, warp_temperature
 
 
 class StaticDecodingProcessor(transformers.LogitsProcessor):
@@ -87,21 +90,22 @@ class EntropyTemperatureProcessor(transformers.LogitsProcessor):
         self.applied: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        log_probs = torch.log_softmax(scores.float(), dim=-1)
+        # float64 like the engine's predictor, reported in the scores' float32.
+        log_probs = torch.log_softmax(scores.double(), dim=-1)
         entropy = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(dim=-1)
         exponent = self.theta / entropy.clamp(min=1e-6)
         temperature = self.base_temperature * torch.exp(exponent * math.log(self.exponent_base))
-        temperature = temperature.clamp(min=self.min_temperature)
+        temperature = temperature.clamp(min=self.min_temperature).float()
         self.applied.append(temperature)
         return warp_temperature(scores, temperature.to(scores.dtype))
 
 
 class PerRowSampler(transformers.LogitsProcessor):
-    r"""Draws each row's next token with that row's own random generator; only that token stays finite.
+    r"""Draws each row's next token with that row's own random stream; only that token stays finite.
 
     Placed last and run with ``do_sample=False``, generate()'s argmax then picks the drawn token.
-    Every row owns a generator seeded from (seed, task, problem, sample), so a sample does not
-    change when the batch size or the other rows in its batch change.
+    Every row owns a stream seeded like the engine's (``RowRandom``), so a sample does not change
+    when the batch size or the other rows in its batch change.
 
     >>> import torch
     >>> sampler = PerRowSampler([1, 2])
@@ -111,19 +115,12 @@ class PerRowSampler(transformers.LogitsProcessor):
     """
 
     def __init__(self, seeds: list[int]) -> None:
-        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.random = RowRandom(seeds)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[0] != len(self.generators):
-            raise ValueError(f"PerRowSampler was built for {len(self.generators)} rows, got {scores.shape[0]}.")
-        # Inverse-CDF sampling: one uniform draw per row from that row's generator, then one batched
-        # search. (torch.multinomial with a generator per row measured ~90 ms per row on 49k tokens.)
-        uniform = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
-        cdf = torch.softmax(scores.float(), dim=-1).cpu().double().cumsum(dim=-1)
-        # right=True: the first token whose cumulative mass exceeds the draw, so a zero-probability
-        # (filtered) token, whose cumulative mass equals its predecessor's, is never chosen.
-        chosen = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(-1)
-        chosen = chosen.clamp(max=scores.shape[-1] - 1)
+        if scores.shape[0] != len(self.random):
+            raise ValueError(f"PerRowSampler was built for {len(self.random)} rows, got {scores.shape[0]}.")
+        chosen = torch.from_numpy(np.asarray(draw(scores, self.random.next())))
         # Only the drawn token stays finite; generate()'s argmax needs nothing else from the scores.
         only_drawn = torch.full_like(scores, -math.inf)
         return only_drawn.scatter(-1, chosen.to(scores.device)[:, None], 0.0)

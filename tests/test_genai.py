@@ -262,3 +262,48 @@ def test_bench_times_the_genai_loop_with_and_without_heads_against_the_ort_loop(
     assert set(result["heads_step_us"]) == {"ort", "genai"}
     table = to_markdown(result)
     assert "| genai | 2 |" in table and "onnxruntime-genai loop vs our ORT loop" in table
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str):
+    typer_testing = pytest.importorskip("typer.testing")
+    from deco_middleware.cli.app import app
+
+    return typer_testing.CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.mark.model
+def test_cli_generate_json_is_the_ort_backends_json(genai_path, ort_lm):
+    args = ("generate", "What is 2+2?", "--max-new-tokens", "6", "--seed", "3", "--json")
+    genai = _cli(*args, "--backend", "genai")
+    assert genai.exit_code == 0, genai.output
+    ours = json.loads(_cli(*args, "--backend", "ort").stdout)
+    theirs = json.loads(genai.stdout)
+    assert theirs["backend"] == "genai" and set(theirs) == set(ours)
+    floats = ("temperature", "top_p", "backend")
+    assert {k: v for k, v in theirs.items() if k not in floats} == {k: v for k, v in ours.items() if k not in floats}
+    for key in ("temperature", "top_p"):
+        np.testing.assert_allclose(theirs[key], ours[key], atol=TP_ATOL, rtol=0)
+
+
+@pytest.mark.model
+def test_cli_trace_runs_on_genai_and_records_every_step(genai_path, ort_lm, tmp_path):
+    paths = {b: tmp_path / f"{b}.json" for b in ("genai", "ort")}
+    for backend, path in paths.items():
+        done = _cli("trace", "Name a colour.", "--max-new-tokens", "6", "--seed", "2", "--quiet",
+                    "--backend", backend, "--json", str(path))
+        assert done.exit_code == 0, done.output
+    genai, ort = (json.loads(paths[b].read_text()) for b in ("genai", "ort"))
+    assert genai["token_ids"] == ort["token_ids"] and len(genai["token_ids"]) >= 1
+    assert all(n >= 1 for n in genai["nucleus_size"]) and all(0 < p <= 1 for p in genai["token_prob"])
+    np.testing.assert_allclose(genai["temperature"], ort["temperature"], atol=TP_ATOL, rtol=0)
+    np.testing.assert_allclose(genai["token_prob"], ort["token_prob"], atol=1e-3, rtol=0)
+
+
+def test_cli_export_lm_format_genai_writes_the_validated_build(tiny_root, tmp_path):
+    done = _cli("export-lm", str(tiny_root / "hf"), str(tmp_path / "out"), "--format", "genai")
+    assert done.exit_code == 0, done.output
+    info = json.loads((tmp_path / "out" / GENAI_EXPORT_INFO_NAME).read_text())
+    assert info["parity"]["max_abs_diff_logits"] <= PARITY_ATOL and info["base_model"]["vocab_size"] == 256

@@ -169,6 +169,16 @@ def test_the_run_time_needs_no_torch(genai_path):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"n": 4, "torch": False}
 
 
+@pytest.mark.model
+def test_a_request_longer_than_the_context_is_refused_before_generating(genai_path, genai_lm):
+    from deco_middleware.errors import PromptTooLongError
+
+    context = genai_lm.config["max_position_embeddings"]
+    assert context == json.loads((genai_path / "genai_config.json").read_text())["model"]["context_length"]
+    with pytest.raises(PromptTooLongError, match=rf"context holds {context} positions.*at most \d+"):
+        generate_text_genai("Hi", model=genai_lm, max_new_tokens=context, seed=0)
+
+
 # -- refusals, on tiny Llamas built by the real builder (seconds) -------------------------------------------
 
 

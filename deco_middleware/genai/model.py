@@ -115,6 +115,15 @@ class GenaiCausalLM:
         if check_lm_head:
             self.check_lm_head()
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config keys the shared loop code reads from an LM (as ``OnnxCausalLM.config`` carries them).
+
+        ``max_position_embeddings`` is the positions a generator here can hold: genai's ``max_length`` when
+        one was given, else the model's ``context_length`` (so too-long prompts are refused up front).
+        """
+        return {"max_position_embeddings": self.max_length or self.context_length}
+
     def _graph_outputs(self) -> list[str]:
         onnx = require("onnx", purpose="Reading an onnxruntime-genai model")
         if not self.onnx_path.is_file():

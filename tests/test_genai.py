@@ -84,7 +84,7 @@ def test_default_build_matches_torch_fp32(genai_path, genai_lm):
     torch = pytest.importorskip("torch")
     from deco_middleware.default_model import ensure_default_model
     from deco_middleware.genai.export import measure_parity
-    from deco_middleware.ort.compat import load_causal_lm
+    from deco_middleware.compat import load_causal_lm
 
     model = load_causal_lm(ensure_default_model(), dtype=torch.float32).eval()
     weight = model.get_output_embeddings().weight.detach().numpy()

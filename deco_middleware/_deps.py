@@ -25,6 +25,7 @@ _EXTRA_FOR_MODULE = {
     "optimum": "ort",
     "tokenizers": "ort-app",
     "jinja2": "ort-app",
+    "onnxruntime_genai": "genai",
 }
 
 

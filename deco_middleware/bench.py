@@ -46,7 +46,7 @@ BENCH_PROMPTS = (
 )
 PLAIN_TEMPERATURE, PLAIN_TOP_P = 0.7, 0.9
 PLAIN_SAMPLING = {"do_sample": True, "temperature": PLAIN_TEMPERATURE, "top_p": PLAIN_TOP_P, "top_k": 0}
-BACKENDS = ("torch", "optimum", "ort")
+BACKENDS = ("torch", "optimum", "ort", "genai")
 
 Progress = Callable[[str], None]
 
@@ -300,10 +300,12 @@ def bench_ort(
     new_tokens: int,
     repeats: int,
     progress: Progress | None = None,
+    backend: str = "ort",
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Runs and per-step costs of the ONNX Runtime backend (the torch-free ``OnnxGenerator`` loop).
 
-    ``lm`` is an :class:`~deco_middleware.ort.OnnxCausalLM`, ``tokenizer`` its
+    ``lm`` is an :class:`~deco_middleware.ort.OnnxCausalLM` (or, with ``backend="genai"``, the
+    onnxruntime-genai adapter :class:`~deco_middleware.genai.GenaiCausalLM`), ``tokenizer`` its
     :class:`~deco_middleware.ort.ChatTokenizer`. No EOS is given, so every row decodes exactly
     ``new_tokens`` tokens on both paths.
     """
@@ -323,12 +325,12 @@ def bench_ort(
         def learned(repeat: int) -> None:
             learned_generator.generate(prompts, max_new_tokens=new_tokens, seed=repeat, pad_token_id=pad)
 
-        timing = _interleaved(plain, learned, repeats, f"ort batch {batch}", progress)
+        timing = _interleaved(plain, learned, repeats, f"{backend} batch {batch}", progress)
         from .ort import left_pad
 
         outputs, _ = lm.prefill(*left_pad(prompts, pad))
         costs[str(batch)] = step_cost_us_numpy(heads, outputs.hidden_states[:, -1, :], outputs.logits[:, -1, :])
-        runs.append(_run_row("ort", batch, new_tokens, repeats, timing))
+        runs.append(_run_row(backend, batch, new_tokens, repeats, timing))
     return runs, costs
 
 
@@ -346,6 +348,8 @@ def run_bench(
     optimum_model: Any = None,
     optimum_tokenizer: Any = None,
     skipped: dict[str, str] | None = None,
+    genai_lm: Any = None,
+    genai_tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Interleaved plain-vs-learned timings and per-step costs for every backend given.
 
@@ -353,10 +357,12 @@ def run_bench(
     (``None`` skips it). ``ort_lm`` / ``ort_tokenizer``: an ``OnnxCausalLM`` and its
     ``ChatTokenizer`` for the ORT backend (``None`` skips it). ``optimum_model`` /
     ``optimum_tokenizer``: an ``ORTModelForCausalLMWithHiddenStates`` and its tokenizer for the
-    Optimum backend (``None`` skips it). ``skipped`` records why a backend was left out.
+    Optimum backend (``None`` skips it). ``genai_lm`` / ``genai_tokenizer``: a ``GenaiCausalLM`` and its
+    ``ChatTokenizer`` for the onnxruntime-genai backend (``None`` skips it). ``skipped`` records why a
+    backend was left out.
     """
-    if model is None and ort_lm is None and optimum_model is None:
-        raise ValueError("Nothing to benchmark: pass a torch `model`, an `optimum_model`, an `ort_lm`, or several.")
+    if model is None and ort_lm is None and optimum_model is None and genai_lm is None:
+        raise ValueError("Nothing to benchmark: pass a torch `model`, an `optimum_model`, an `ort_lm`, a `genai_lm`, or several.")
     common = {"batch_sizes": batch_sizes, "new_tokens": new_tokens, "repeats": repeats, "progress": progress}
     runs: list[dict[str, Any]] = []
     costs: dict[str, dict[str, dict[str, float]]] = {}
@@ -381,6 +387,10 @@ def run_bench(
         backend_runs, costs["ort"] = bench_ort(ort_lm, ort_tokenizer, heads, **common)
         runs += backend_runs
         config["ort_model"] = str(getattr(ort_lm, "directory", ""))
+    if genai_lm is not None:
+        backend_runs, costs["genai"] = bench_ort(genai_lm, genai_tokenizer, heads, backend="genai", **common)
+        runs += backend_runs
+        config["genai_model"] = str(getattr(genai_lm, "directory", ""))
     config["load_average_end"] = list(os.getloadavg())
     return {"runs": runs, "heads_step_us": costs, "skipped": dict(skipped or {}), "config": config}
 
@@ -413,6 +423,14 @@ def to_markdown(result: dict[str, Any]) -> str:
                   "| batch | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
         for batch, step in by_batch.items():
             lines.append(f"| {batch} | " + " | ".join(_us(step.get(p, math.nan)) for p in parts) + " |")
+    by_key = {(run["backend"], run["batch"]): run for run in result["runs"]}
+    pairs = [(by_key[("genai", b)], by_key[("ort", b)]) for (name, b) in by_key if name == "genai" and ("ort", b) in by_key]
+    if pairs:
+        lines += ["", "onnxruntime-genai loop vs our ORT loop (tokens/s ratio, same model weights, same decoding):", "",
+                  "| batch | plain genai/ort | learned genai/ort |", "|---|---|---|"]
+        for genai, ort in pairs:
+            lines.append(f"| {genai['batch']} | {genai['baseline_tokens_per_s'] / ort['baseline_tokens_per_s']:.2f} "
+                         f"| {genai['autodeco_tokens_per_s'] / ort['autodeco_tokens_per_s']:.2f} |")
     config = result.get("config", {})
     if "load_average_start" in config:
         loads = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(config["load_average_start"], config["load_average_end"]))

@@ -102,6 +102,17 @@ class UnsupportedGraphError(DecoError, ValueError):
     """The exported graph does not have the LM-head structure this module knows how to read."""
 
 
+# -- onnxruntime-genai ---------------------------------------------------------------------------
+
+
+class GenaiModelError(DecoError, ValueError):
+    """An onnxruntime-genai model folder cannot serve learned decoding as it is (with the fix in the message)."""
+
+
+class GenaiExportError(DecoError, ValueError):
+    """genai's builder produced a model that does not reproduce the torch model; nothing was kept."""
+
+
 # -- training and evaluation ---------------------------------------------------------------------
 
 
@@ -146,6 +157,8 @@ __all__ = [
     "DecoError",
     "DecoWarning",
     "ExportValidationError",
+    "GenaiExportError",
+    "GenaiModelError",
     "HeadsNotFoundError",
     "HiddenStateUnavailableError",
     "IncompatibleHeadsError",

@@ -111,7 +111,7 @@ def test_cli_refuses_an_unknown_backend():
 
     result = typer_testing.CliRunner().invoke(app, ["bench", "--backend", "gpu"])
     assert result.exit_code == 2
-    assert "--backend takes `all` or a comma-separated list of torch, optimum, ort; got 'gpu'" in " ".join(result.output.split())
+    assert "--backend takes `all` or a comma-separated list of torch, optimum, ort, genai; got 'gpu'" in " ".join(result.output.split())
 
 
 def test_optimum_backend_times_hf_generate_on_the_onnx_runtime_model(ort_pair):

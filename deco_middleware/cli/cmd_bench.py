@@ -23,6 +23,23 @@ def _load_ort(model: str) -> tuple[Any, Any]:
     return lm, ChatTokenizer(lm.directory)
 
 
+def _genai_unavailable(model: str) -> str | None:
+    """Why the onnxruntime-genai backend cannot run for ``model`` without building anything, or ``None``."""
+    from .._deps import is_available
+
+    if not is_available("onnxruntime_genai"):
+        return "onnxruntime-genai is not installed (pip install 'deco-middleware[genai]')"
+    from ..genai import GENAI_EXPORT_INFO_NAME, default_genai_path, is_genai_model
+
+    if model == "default":
+        if not (default_genai_path() / GENAI_EXPORT_INFO_NAME).is_file():
+            return "the default model has no genai build yet; run `deco bench --backend genai` once to create it"
+        return None
+    if not is_genai_model(model):
+        return f"{model} is not an onnxruntime-genai model; build it with `deco export-lm {model} OUT --format genai`"
+    return None
+
+
 def _optimum_unavailable(model: str) -> str | None:
     """Why the Optimum backend cannot run for ``model`` without exporting anything, or ``None``."""
     from .._deps import is_available
@@ -55,7 +72,7 @@ def bench(
     model: Annotated[str, typer.Option(help="`default` or a local model folder.")] = "default",
     heads: Annotated[str, typer.Option(help="`default`, a shipped name, or a path.")] = "default",
     backend: Annotated[
-        str, typer.Option(help="Comma-separated: torch, optimum, ort; or `all` (every available backend).")
+        str, typer.Option(help="Comma-separated: torch, optimum, ort, genai; or `all` (every available backend).")
     ] = "all",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16",
     new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -67,7 +84,8 @@ def bench(
 
     torch: Hugging Face generate() with its built-in warpers vs LearnedDecoding. optimum: the same on
     Optimum's ONNX Runtime model. ort: the torch-free ONNX Runtime loop with a static T/P vs the same
-    loop with the heads.
+    loop with the heads. genai: the same loop inside onnxruntime-genai's Generator (static vs heads), with its
+    tokens/s set against the ort loop's.
     """
     from ..bench import run_bench, to_markdown
 
@@ -84,7 +102,7 @@ def bench(
         return
     skipped: dict[str, str] = {}
     if backend == "all":  # skip what cannot run here; a backend asked for by name fails loudly instead
-        for name, check in (("optimum", _optimum_unavailable), ("ort", _ort_unavailable)):
+        for name, check in (("optimum", _optimum_unavailable), ("ort", _ort_unavailable), ("genai", _genai_unavailable)):
             reason = check(model)
             if reason:
                 skipped[name] = reason
@@ -92,6 +110,7 @@ def bench(
                 console.print(Text.assemble((f"skipping the {name} backend:", "yellow"), " ", reason), highlight=False)
     try:
         lm = tokenizer = ort_lm = ort_tokenizer = optimum_model = optimum_tokenizer = loaded = None
+        genai_lm = genai_tokenizer = None
         if "torch" in chosen:
             from ..default_model import load_model
 
@@ -109,9 +128,19 @@ def bench(
             ort_lm, ort_tokenizer = _load_ort(model)
             if loaded is None:
                 loaded = heads_for_identity(heads, ort_lm.identity())
+        if "genai" in chosen:
+            from ..genai import GenaiCausalLM, resolve_genai_model
+            from ..heads.artifact import heads_for_identity
+            from ..ort import ChatTokenizer
+
+            genai_lm = GenaiCausalLM(resolve_genai_model(model))
+            genai_tokenizer = ChatTokenizer(genai_lm.directory)
+            if loaded is None:
+                loaded = heads_for_identity(heads, genai_lm.identity())
         result = run_bench(lm, tokenizer, loaded, batch_sizes=sizes, new_tokens=new_tokens, repeats=repeats,
                            ort_lm=ort_lm, ort_tokenizer=ort_tokenizer, optimum_model=optimum_model,
                            optimum_tokenizer=optimum_tokenizer, skipped=skipped,
+                           genai_lm=genai_lm, genai_tokenizer=genai_tokenizer,
                            progress=lambda message: console.print(message, style="dim"))
     except (DecoError, FileNotFoundError) as error:
         _fail(str(error))

@@ -43,6 +43,7 @@ def trace(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the coloured tokens.")] = False,
+    backend: Annotated[str, typer.Option(help="torch | ort (ONNX Runtime) | genai (onnxruntime-genai).")] = "torch",
 ) -> None:
     """Generate a reply with learned decoding and show the T and P chosen for every token.
 
@@ -59,19 +60,23 @@ def trace(
             require("matplotlib", purpose="`deco trace --png`")
         main_spec = parse_run_strategy("autodeco", temperature_scale=temperature_scale, top_p_scale=top_p_scale)
         compare_spec = parse_run_strategy(compare) if compare is not None else None
-        loaded_model, tokenizer = load_model(model)
-        loaded_heads = heads_for_model(heads, loaded_model)
-        metadata = {"model": model, "heads": str(loaded_heads.directory)}
-        common = {
-            "model": loaded_model,
-            "tokenizer": tokenizer,
-            "heads": loaded_heads,
-            "max_new_tokens": max_new_tokens,
-            "seed": seed,
-            "metadata": metadata,
-        }
-        doc = trace_generation(prompt, spec=main_spec, **common)
-        other = trace_generation(prompt, spec=compare_spec, **common) if compare_spec is not None else None
+        if backend in ("ort", "genai"):
+            from ..heads.artifact import heads_for_identity
+            from ..viz.runs import trace_generation_onnx as run
+
+            lm = _onnx_lm(backend, model)
+            loaded_heads = heads_for_identity(heads, lm.identity())
+            common = {"lm": lm, "heads": loaded_heads}
+        elif backend == "torch":
+            loaded_model, tokenizer = load_model(model)
+            loaded_heads = heads_for_model(heads, loaded_model)
+            common, run = {"model": loaded_model, "tokenizer": tokenizer, "heads": loaded_heads}, trace_generation
+        else:
+            raise ValueError(f"Unknown backend {backend!r}; valid: torch, ort, genai.")
+        metadata = {"model": model, "heads": str(loaded_heads.directory), "backend": backend}
+        common.update(max_new_tokens=max_new_tokens, seed=seed, metadata=metadata)
+        doc = run(prompt, spec=main_spec, **common)
+        other = run(prompt, spec=compare_spec, **common) if compare_spec is not None else None
         if json_path is not None:
             if other is None:
                 doc.save_json(json_path)
@@ -97,3 +102,14 @@ def trace(
     for label, path in (("HTML", html), ("PNG", png), ("JSON", json_path)):
         if path is not None:
             Console(stderr=True, markup=False).print(f"{label}: {path}", highlight=False)
+
+
+def _onnx_lm(backend: str, model: str):
+    """The torch-free LM of ``backend``: the ONNX export (ort) or the onnxruntime-genai build (genai)."""
+    if backend == "genai":
+        from ..genai import GenaiCausalLM, resolve_genai_model
+
+        return GenaiCausalLM(resolve_genai_model(model))
+    from ..ort import OnnxCausalLM, resolve_onnx_model
+
+    return OnnxCausalLM(resolve_onnx_model(model))

@@ -114,7 +114,9 @@ def generate_text_ort(
     from ..generation import check_prompt_fits, model_context
 
     chosen = parse_strategy(strategy) if isinstance(strategy, str) else strategy
-    lm = model if isinstance(model, OnnxCausalLM) else OnnxCausalLM(resolve_onnx_model(model), provider=provider)
+    # an already loaded LM (an OnnxCausalLM or the onnxruntime-genai adapter) is used as it is
+    loaded_lm = not isinstance(model, (str, os.PathLike))
+    lm = model if loaded_lm else OnnxCausalLM(resolve_onnx_model(model), provider=provider)
     tokenizer = ChatTokenizer(lm.directory)
     heads_name = None
     if chosen.learned:
@@ -137,6 +139,6 @@ def generate_text_ort(
     return generation_result(
         token_ids=result.token_ids[0], decode=tokenizer.decode, temperature=result.temperature[0],
         top_p=result.top_p[0], strategy=chosen,
-        model=str(model) if not isinstance(model, OnnxCausalLM) else str(lm.directory),
+        model=str(lm.directory) if loaded_lm else str(model),
         heads=heads_name, seed=seed, backend="ort", finish_reason=result.finish_reason[0],
     )

@@ -30,6 +30,7 @@ from ..sampling import (
     decode_step,
     draw,
 )
+from ..trace import DecodingTrace, TraceStep
 from .runtime import OnnxCausalLM
 
 
@@ -108,7 +109,8 @@ class OnnxGenerator:
             )
         if heads is not None and predictor is not None:
             raise ValueError("Pass either `heads` (learned decoding) or a `predictor`, not both.")
-        self.lm = lm if isinstance(lm, OnnxCausalLM) else OnnxCausalLM(lm)
+        # Any object with OnnxCausalLM's prefill / step / identity serves (the onnxruntime-genai adapter does).
+        self.lm = OnnxCausalLM(lm) if isinstance(lm, (str, os.PathLike)) else lm
         self.heads = heads if heads is None or isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
         settings = settings or DecodingSettings(**settings_kwargs)
         if self.heads is not None:
@@ -141,6 +143,7 @@ class OnnxGenerator:
         stop_strings: Sequence[str] = (),
         decode: Callable[[list[int]], str] | None = None,
         on_token: Callable[[TokenEvent], None] | None = None,
+        trace: DecodingTrace | None = None,
     ) -> GenerationResult:
         """Generate for a batch of token-id prompts (left-padded internally).
 
@@ -154,6 +157,8 @@ class OnnxGenerator:
             stop_strings: a row stops once its decoded text contains one (needs ``decode``).
             decode: token ids -> text (for ``stop_strings``, streamed text and ``result.texts``).
             on_token: called for each new token of each unfinished row, in row order, every step.
+            trace: a :class:`~deco_middleware.trace.DecodingTrace` that records every step (T, P, nucleus
+                size, fallback, chosen token and its probability), as ``deco trace`` shows it.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` has to be a positive integer, got {max_new_tokens!r}.")
@@ -177,6 +182,12 @@ class OnnxGenerator:
             self._check_hidden(hidden)
             shaped = decode_step(self.predictor, logits.astype(np.float32, copy=False),
                                  hidden=hidden.astype(np.float32, copy=False))
+            if trace is not None:
+                trace.steps.append(TraceStep(
+                    position=step, temperature=np.asarray(shaped.temperature).tolist(),
+                    top_p=np.asarray(shaped.top_p).tolist(), fallback=np.asarray(shaped.fallback).tolist(),
+                    nucleus_size=np.asarray(shaped.nucleus_size).tolist()))
+                trace.set_final_scores(shaped.scores)
             rows = np.flatnonzero(active)
             chosen, _ = records.add(rows.tolist(), draw(shaped.scores[rows], random.next(rows)), shaped, at=rows)
             next_ids = np.full(batch, pad_token_id, dtype=np.int64)
@@ -198,6 +209,8 @@ class OnnxGenerator:
                     on_token(TokenEvent(row=int(row), step=step, token_id=token,
                                         temperature=records.temperature[row][-1], top_p=records.top_p[row][-1],
                                         text=delta, finished=not active[row]))
+            if trace is not None:
+                trace.record_chosen(step, next_ids)
             if not active.any() or step == max_new_tokens - 1:
                 break
             # finished rows keep being fed (as padding) so the batch stays rectangular; their output is ignored

@@ -96,3 +96,30 @@ def trace_generation(
         label=spec.label,
         metadata={"seed": seed, **(metadata or {}), "settings": dict(spec.settings)},
     )
+
+
+def trace_generation_onnx(
+    prompt: str,
+    *,
+    lm: Any,
+    heads: Any,
+    spec: RunSpec | str = "autodeco",
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    metadata: dict[str, Any] | None = None,
+) -> TraceDocument:
+    """:func:`trace_generation` in the torch-free loop: ``lm`` is an ``OnnxCausalLM`` or a ``GenaiCausalLM``."""
+    from ..ort import ChatTokenizer, OnnxGenerator
+    from ..trace import DecodingTrace
+
+    spec = parse_run_strategy(spec) if isinstance(spec, str) else spec
+    tokenizer = ChatTokenizer(lm.directory)
+    trace = DecodingTrace()
+    OnnxGenerator(lm, heads, **spec.settings).generate(
+        [tokenizer.encode_chat(prompt)], max_new_tokens=max_new_tokens, seed=seed,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, trace=trace,
+    )
+    return TraceDocument.from_trace(
+        trace, tokenizer, prompt=prompt, label=spec.label,
+        metadata={"seed": seed, **(metadata or {}), "settings": dict(spec.settings)},
+    )

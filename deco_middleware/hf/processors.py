@@ -293,6 +293,8 @@ class LearnedDecoding:
         settings: a :class:`DecodingSettings`; keyword arguments build one when it is omitted.
         record_trace: keep a per-step :class:`DecodingTrace` on each session.
         check_model: refuse models whose sizes or LM-head fingerprint differ from the manifest.
+        steer: ``"low"`` / ``"high"`` adds the trained decoding instruction to user messages passed
+            through :meth:`chat_inputs` / :meth:`steer_prompt` (``None``: prompts unchanged).
 
     >>> decoding = LearnedDecoding("smollm2-135m-instruct", temperature_scale=1.0)  # doctest: +SKIP
     >>> with decoding.attach(model) as session:  # doctest: +SKIP
@@ -306,8 +308,12 @@ class LearnedDecoding:
         *,
         record_trace: bool = False,
         check_model: bool = True,
+        steer: str | None = None,
         **settings_kwargs: Any,
     ) -> None:
+        from ..steering import check_steer
+
+        self.steer = check_steer(steer)  # "low" | "high" | None: see steer_prompt / chat_inputs
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
         self.heads = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
@@ -318,6 +324,18 @@ class LearnedDecoding:
             self.settings = _replace(self.settings, use_temperature_head=False)
         if "top_p" not in self.heads.trained_heads and self.settings.use_top_p_head:
             self.settings = _replace(self.settings, use_top_p_head=False)
+
+    def steer_prompt(self, prompt: str) -> str:
+        """``prompt`` with the trained instruction for ``steer`` where training put it (deco_middleware.steering)."""
+        from ..steering import steer_prompt
+
+        return steer_prompt(prompt, self.steer)
+
+    def chat_inputs(self, tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
+        """Tokenized user messages through the chat template, each carrying the ``steer`` instruction."""
+        from ..generation import chat_inputs
+
+        return chat_inputs(tokenizer, [self.steer_prompt(p) for p in prompts])
 
     def attach(self, model_or_pipeline: Any) -> DecodingSession:
         """A new session (tap + processor pair) for ``model_or_pipeline``; use it as a context manager."""

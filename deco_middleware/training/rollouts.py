@@ -1,0 +1,220 @@
+"""Rollouts for outcome-driven training: every sample kept, right or wrong, with what produced it.
+
+Rejection sampling (:mod:`.data`) keeps only correct replies, which teaches the heads the
+temperature the replies were drawn at (METHOD.md, "Why the reference loss can learn a
+constant"). An objective that scores outcomes needs the wrong replies too, and for each sample
+the exact behaviour policy: it is drawn here at a *static* temperature with P = 1, so its
+per-token log-probability ``log softmax(l / T_b)[y]`` is exact from the feature cache, and the
+sampled token ids are stored (``completion_ids``) so the cache does not re-tokenize the text.
+
+Per record: ``task``, ``group`` (one id per prompt), ``prompt``, ``completion``,
+``completion_ids`` (the end-of-turn token included when one was drawn), ``truncated``,
+``temperature`` (behaviour), ``top_p`` (1.0), ``reward`` (1.0 correct, else 0.0), ``count``
+(identical samples of one prompt and temperature are merged; ``count`` keeps their number so the
+group statistics stay those of the draws), ``source`` ``"rollout"``, ``seed``.
+
+Honesty rules enforced here: the held-out evaluation tasks are refused, and so is the
+evaluation's dataset seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import TrainingDataError, _jsonable, make_problems, write_jsonl
+from .grading import CORRECT_SCORE, grade_reply
+
+# Tasks the published evaluation holds out: training never sees them (issue #12).
+RESERVED_TASKS = frozenset({"gcd", "lcm", "count_bits", "decimal_arithmetic", "number_sorting", "power_function",
+                            "prime_factorization"})
+EVALUATION_SEED = 90_210  # deco eval's default task seed (evaluation/tasks.py)
+DEV_SEED = 4_242  # the dev split of the training tasks: selection only, never training
+
+# name -> (reasoning-gym dataset, config). Chosen by a yield probe on the default model (10
+# prompts x 2 samples at T 0.3 and 1.0, 40 new tokens; docs/training.md): configurations where the
+# model is right on roughly 20-80% of samples, so most prompts have both right and wrong replies.
+ROLLOUT_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "products": ("products", dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1)),
+    "basic_arithmetic": ("basic_arithmetic", dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1,
+                                                  operators=("+", "-"), allow_parentheses=False,
+                                                  allow_negation=False)),
+    "chain_sum": ("chain_sum", dict(min_terms=2, max_terms=3, min_digits=1, max_digits=1)),
+    "chain_sum_2digit": ("chain_sum", dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2)),
+    "arithmetic_mul": ("basic_arithmetic", dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
+                                                operators=("+", "-", "*"), allow_parentheses=False,
+                                                allow_negation=False)),
+    "simple_equations": ("simple_equations", dict(min_terms=2, max_terms=2, min_value=1, max_value=5,
+                                                  operators=("+",), operators_weights=[1.0])),
+    "leg_counting": ("leg_counting", dict(min_animals=1, max_animals=1, min_instances=1, max_instances=2)),
+    "letter_counting": ("letter_counting", dict(min_words=1, max_words=1)),
+    "word_sorting": ("word_sorting", dict(min_words=2, max_words=2, min_word_length=3, max_word_length=5)),
+    "spell_backward": ("spell_backward", dict(min_word_len=3, max_word_len=3)),
+    "number_filtering": ("number_filtering", dict(min_numbers=2, max_numbers=3, min_value=-10, max_value=10,
+                                                  min_decimals=0, max_decimals=0)),
+}
+
+
+def rollout_task_spec(name: str) -> tuple[str, dict[str, Any]]:
+    if name not in ROLLOUT_TASKS:
+        raise TrainingDataError(f"Unknown rollout task {name!r}; known: {', '.join(ROLLOUT_TASKS)}.")
+    return ROLLOUT_TASKS[name]
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    tasks: Sequence[str] = tuple(ROLLOUT_TASKS)
+    prompts_per_task: int = 64
+    prompts_for: dict[str, int] | None = None  # per-task prompt counts that override prompts_per_task
+    temperatures: Sequence[float] = (0.3, 0.6, 1.0)
+    samples_per_temperature: int = 2
+    max_new_tokens: int = 48
+    batch_size: int = 192
+    seed: int = 21
+
+    def __post_init__(self) -> None:
+        for name in self.tasks:
+            dataset, _ = rollout_task_spec(name)
+            if dataset in RESERVED_TASKS:
+                raise TrainingDataError(f"Task {name!r} ({dataset}) is held out for evaluation; never train on it.")
+        if self.seed in (EVALUATION_SEED, DEV_SEED):
+            raise TrainingDataError(f"Seed {self.seed} is the evaluation or dev seed; pick another training seed.")
+        if not self.temperatures or any(t <= 0 for t in self.temperatures):
+            raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
+
+    def as_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: str | os.PathLike[str], *,
+                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Sample every prompt at every temperature, grade, merge duplicates, write ``out`` (JSONL).
+
+    Raw draws are appended to ``out + ".partial"`` as they finish (an interrupted run keeps
+    them); the merged file is written atomically at the end. Returns the data summary.
+    """
+    from ..engine import EngineStats, Static, derive_seed, iter_sample
+
+    started = time.perf_counter()
+    out = Path(out)
+    problems, scorers = [], {}
+    for name in config.tasks:
+        dataset_name, task_config = rollout_task_spec(name)
+        count = config.prompts_for.get(name, config.prompts_per_task) if config.prompts_for else config.prompts_per_task
+        found, dataset = make_problems(dataset_name, count, config.seed, dict(task_config))
+        problems += [(name, p) for p in found]
+        scorers[name] = dataset.score_answer
+    eos = tokenizer.eos_token_id
+    stats = EngineStats()
+    merged: dict[tuple[int, float, tuple[int, ...]], dict[str, Any]] = {}
+    partial = out.with_name(out.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "w", encoding="utf-8") as raw:
+        for temperature in config.temperatures:
+            seeds = [[derive_seed(config.seed, name, p.index, temperature, k)
+                      for k in range(config.samples_per_temperature)] for name, p in problems]
+            for i, completions in iter_sample(
+                model, tokenizer, [p.prompt for _, p in problems], policy=Static(temperature, 1.0),
+                samples=config.samples_per_temperature, seeds=seeds, max_new_tokens=config.max_new_tokens,
+                max_rows=config.batch_size, stats=stats,
+            ):
+                name, problem = problems[i]
+                for completion in completions:
+                    ids = list(completion.token_ids) + ([int(eos)] if completion.finished and eos is not None else [])
+                    reward = float(grade_reply(completion.text, problem.entry, scorers[name]) >= CORRECT_SCORE)
+                    key = (i, temperature, tuple(ids))
+                    if key in merged:
+                        merged[key]["count"] += 1
+                        continue
+                    record = {"task": name, "group": f"{name}:{config.seed}:{problem.index}", "index": problem.index,
+                              "seed": config.seed, "prompt": problem.prompt, "completion": completion.text,
+                              "completion_ids": ids, "truncated": not completion.finished,
+                              "temperature": temperature, "top_p": 1.0, "reward": reward, "count": 1,
+                              "source": "rollout"}
+                    merged[key] = record
+                    raw.write(json.dumps(record, ensure_ascii=False) + "\n")
+                raw.flush()
+            if log is not None:
+                log(f"T={temperature}: {stats.generated_tokens} tokens, {time.perf_counter() - started:.0f} s")
+    records = [r for r in merged.values() if r["completion_ids"]]
+    write_jsonl(records, out)
+    partial.unlink(missing_ok=True)
+    wall = time.perf_counter() - started
+    summary = rollout_summary(records)
+    summary.update({
+        "source": "rollouts",
+        "config": config.as_dict(),
+        "task_configs": {name: {"dataset": rollout_task_spec(name)[0], **_jsonable(rollout_task_spec(name)[1])}
+                         for name in config.tasks},
+        "generated_tokens": stats.generated_tokens,
+        "prompt_tokens": stats.prompt_tokens,
+        "wall_seconds": round(wall, 2),
+        "tokens_per_second": round(stats.generated_tokens / wall, 1) if wall else None,
+    })
+    return summary
+
+
+def rollout_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per task and temperature: draws, share correct; prompts with both right and wrong draws."""
+    per_task: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        n = int(r.get("count", 1))
+        t = per_task.setdefault(r["task"], {"draws": 0, "correct": 0, "distinct": 0, "tokens": 0, "by_temperature": {}})
+        t["draws"] += n
+        t["correct"] += n * r["reward"]
+        t["distinct"] += 1
+        t["tokens"] += len(r["completion_ids"])
+        by_t = t["by_temperature"].setdefault(str(r["temperature"]), [0, 0])
+        by_t[0] += n * r["reward"]
+        by_t[1] += n
+        groups.setdefault(r["group"], []).append(r["reward"])
+    mixed = {}
+    for group, rewards in groups.items():
+        task = group.split(":")[0]
+        mixed.setdefault(task, [0, 0])
+        mixed[task][1] += 1
+        mixed[task][0] += int(0 < sum(rewards) < len(rewards))
+    for task, t in per_task.items():
+        t["accuracy"] = round(t["correct"] / t["draws"], 4) if t["draws"] else 0.0
+        t["by_temperature"] = {k: round(c / n, 4) for k, (c, n) in t["by_temperature"].items()}
+        t["prompts"] = mixed[task][1]
+        t["mixed_prompts"] = mixed[task][0]
+    return {"tasks": per_task, "records": len(records), "completion_tokens": sum(len(r["completion_ids"]) for r in records),
+            "draws": sum(int(r.get("count", 1)) for r in records)}
+
+
+def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, seed: int = 0,
+                    phrasings: dict[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """``records`` followed by a "low" and a "high" copy of up to ``per_group`` records per prompt group.
+
+    A copy has the same completion (ids included) under the prompt with a *training* phrasing of
+    the instruction (:data:`deco_middleware.steering.TRAIN_PHRASINGS`, drawn with ``seed``), where
+    ``steer_prompt`` puts it; ``steer`` names the direction and ``pair`` the index of the neutral
+    record in the returned list. Copies carry no reward: the policy-gradient groups use neutral
+    records only, and the ranking loss compares the heads on the three versions of one completion.
+    """
+    import random
+
+    from ..steering import TRAIN_PHRASINGS, steer_prompt
+
+    phrasings = phrasings or TRAIN_PHRASINGS
+    rng = random.Random(seed)
+    out = [dict(r) for r in records]
+    taken: dict[str, int] = {}
+    for index, record in enumerate(records):
+        group = str(record.get("group", record["prompt"]))
+        if taken.get(group, 0) >= per_group:
+            continue
+        taken[group] = taken.get(group, 0) + 1
+        for direction in ("low", "high"):
+            copy = {k: v for k, v in record.items() if k not in ("reward", "count")}
+            copy.update(prompt=steer_prompt(record["prompt"], direction, rng.choice(list(phrasings[direction]))),
+                        steer=direction, pair=index, source="steer")
+            out.append(copy)
+    return out

@@ -289,3 +289,29 @@ def test_rollouts_refuse_held_out_tasks_and_evaluation_seeds() -> None:
         RolloutConfig(seed=90_210)
     with pytest.raises(TrainingDataError, match="evaluation or dev seed"):
         RolloutConfig(seed=4_242)
+
+
+# -- the steering report ----------------------------------------------------------------------------
+
+
+def test_steer_report_metrics_on_hand_built_rows() -> None:
+    from deco_middleware.evaluation.steer import distinct_n, majority_correct, steer_markdown, summarize_steer
+
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert distinct_n(["a"], 2) == 0.0
+    # maj@k: "4" twice beats "5" once; ties go to the first answer seen.
+    assert majority_correct(["it is 4", "5", "so 4"], [1.0, 0.0, 1.0], "4")
+    assert not majority_correct(["5", "4"], [0.0, 1.0], "4")
+
+    def cond(t: float, phrasing: str | None = None) -> dict:
+        return {"T": t, "P": 1.0, "pass@1": 0.5, "pass@k": 1.0, "maj@k": 1.0, "distinct-2": 0.5, "phrasing": phrasing}
+
+    rows = {"rg:a": [{"none": cond(0.6), "low": cond(0.3, "L1"), "high": cond(0.9, "H1")},
+                     {"none": cond(0.6), "low": cond(0.7, "L2"), "high": cond(0.8, "H2")}]}
+    report = summarize_steer(rows)
+    overall = report["overall"]
+    assert overall["dT_low"] == pytest.approx(-0.1) and overall["dT_high"] == pytest.approx(0.25)
+    assert overall["consistency_low"] == 0.5 and overall["consistency_high"] == 1.0
+    assert report["phrasings"]["L2"] == {"direction": "low", "problems": 1, "dT": pytest.approx(0.1),
+                                         "dT_se": 0.0, "consistency": 0.0}
+    assert "| L1 | low | 1 |" in steer_markdown(report)

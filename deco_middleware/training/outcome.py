@@ -357,3 +357,43 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
     wall = time.perf_counter() - started
     return OutcomeFit(heads, total_steps, history, validation_before, validate(heads, cache, plan, config),
                       round(wall, 2), len(plan.train_groups), len(plan.train_pairs), trained_tokens)
+
+
+def export_outcome_heads(result: OutcomeFit, cache: FeatureCache, config: OutcomeConfig, directory: Any, *,
+                         command: Any = None, stages: dict[str, Any] | None = None, recipe: str | None = None,
+                         extra: dict[str, Any] | None = None) -> Any:
+    """Write ``heads.onnx`` + manifest (reference architecture) with the outcome fit's training record."""
+    from ..heads.artifact import export_heads
+    from ..manifest import HeadArchitecture
+
+    trained = ["temperature", "top_p"] if config.train_top_p else ["temperature"]
+    meta = cache.meta
+    data_summary = meta.get("data_summary") or {}
+    record = {
+        "method": "AutoDeco heads on a frozen LM, trained on the model's own graded rollouts with an off-policy "
+                  "clipped policy gradient (training/outcome.py)"
+                  + ("; steering ranking loss on instruction pairs" if result.train_pairs else ""),
+        "recipe": recipe,
+        "data": {**data_summary,
+                 "cache": {k: meta.get(k) for k in ("records", "records_used", "completion_tokens", "hidden_dtype",
+                                                    "verify")},
+                 "train_groups": result.train_groups, "train_pairs": result.train_pairs,
+                 "trained_tokens": result.train_tokens},
+        "hyperparameters": {**config.as_dict(), "optimizer": "AdamW"},
+        "validation_before_training": result.validation_before,
+        "validation": result.validation,
+        "final_train_loss": result.history[-1]["loss"] if result.history else None,
+        "stages": {"cache": {"wall_seconds": meta.get("wall_seconds"), "tokens_per_second": meta.get("tokens_per_second")},
+                   "fit": {"wall_seconds": result.wall_seconds, "steps": result.steps,
+                           "tokens_per_second": round(result.train_tokens / result.wall_seconds, 1)
+                           if result.wall_seconds else None},
+                   **(stages or {})},
+        "command": command,
+        **(extra or {}),
+    }
+    architecture = HeadArchitecture(temperature_hidden_size=config.inner_size, top_p_hidden_size=config.inner_size,
+                                    trained=trained)
+    description = (f"AutoDeco heads for {cache.base_model.name}, trained on graded rollouts (objective "
+                   f"{config.objective}{', with steering' if result.train_pairs else ''}).")
+    return export_heads(result.heads.numpy_weights(), directory, base_model=cache.base_model,
+                        architecture=architecture, description=description, training=record)

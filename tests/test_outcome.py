@@ -315,3 +315,21 @@ def test_steer_report_metrics_on_hand_built_rows() -> None:
     assert report["phrasings"]["L2"] == {"direction": "low", "problems": 1, "dT": pytest.approx(0.1),
                                          "dT_se": 0.0, "consistency": 0.0}
     assert "| L1 | low | 1 |" in steer_markdown(report)
+
+
+def test_prompt_shared_rollout_cache_matches_the_plain_cache(tiny_lm, tmp_path: Path) -> None:
+    from deco_middleware.training.cache import build_cache
+    from deco_middleware.training.rollouts import build_rollout_cache
+
+    model, tokenizer = tiny_lm
+    records = [{"prompt": "What is 2 + 3?", "completion": "x", "completion_ids": [5, 6, 7, 8], "reward": 1.0},
+               {"prompt": "What is 2 + 3?", "completion": "x", "completion_ids": [9], "reward": 0.0},
+               {"prompt": "Spell cat.", "completion": "x", "completion_ids": [11, 12, 13], "reward": 0.0}]
+    plain = build_cache(model, tokenizer, records, tmp_path / "plain", progress=False)
+    shared = build_rollout_cache(model, tokenizer, records, tmp_path / "shared")
+    for index in range(3):
+        a = np.flatnonzero(np.asarray(plain.sequence) == index)
+        b = np.flatnonzero(np.asarray(shared.sequence) == index)
+        assert np.array_equal(plain.labels[a], shared.labels[b])
+        assert np.allclose(plain.hidden[a], shared.hidden[b], atol=1e-4)
+    assert shared.meta["record_info"][1]["reward"] == 0.0 and shared.meta["prompts_shared"] == 2

@@ -218,3 +218,120 @@ def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, se
                         steer=direction, pair=index, source="steer")
             out.append(copy)
     return out
+
+
+def build_rollout_cache(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], directory: str | os.PathLike[str],
+                        *, data_summary: dict[str, Any] | None = None, log: Callable[[str], None] | None = None,
+                        verify_tolerance: float = 1e-3) -> Any:
+    """The feature cache of ``records`` (same layout as :func:`.cache.build_cache`), with the prompt of
+    every prompt group run once: rollouts share prompts (6 draws of ~30 tokens under a ~90-token
+    prompt), so the forward pass over prompt + completion repeats the prompt 6 times otherwise.
+
+    Per distinct prompt: one pass over the prompt (its KV cache kept), then one batched pass over
+    its completions on top of that cache. The first record is checked against a plain full forward
+    pass: the hidden states must agree within ``verify_tolerance`` (float32 rounding of a different
+    batching).
+    """
+    import shutil
+    import uuid
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from ..hf.identity import model_identity
+    from .cache import CACHE_FORMAT, META_NAME, RECORD_INFO_KEYS, CacheError, FeatureCache, tokenize_record
+
+    started = time.perf_counter()
+    lm_head = model.get_output_embeddings()
+    weight = lm_head.weight.detach().float().cpu()
+    if getattr(lm_head, "bias", None) is not None:
+        raise CacheError("build_rollout_cache supports LM heads without a bias; use deco train cache.")
+    captured: dict[str, Any] = {}
+
+    def keep_input_only(module: Any, args: tuple[Any, ...]) -> Any:
+        captured["hidden"] = args[0].detach()
+        return (args[0][:, -1:, :],) + tuple(args[1:])  # never compute [batch, length, vocab] logits
+
+    by_prompt: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    for index, record in enumerate(records):
+        prompt_ids, completion_ids = tokenize_record(tokenizer, record)
+        if completion_ids:
+            by_prompt.setdefault(tuple(prompt_ids), []).append((index, completion_ids))
+    hidden_parts, label_parts, sequence_parts = [], [], []
+    forwarded = 0
+    verify: dict[str, Any] = {}
+    handle = lm_head.register_forward_pre_hook(keep_input_only)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # transformers 5 renames `past_key_values` -> `cache` with a deprecation warning (as engine.py).
+            warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
+            for number, (prompt, members) in enumerate(by_prompt.items()):
+                prompt_t = torch.tensor([list(prompt)])
+                out = model(input_ids=prompt_t, use_cache=True)
+                first = captured.pop("hidden")[0, -1]  # predicts every completion's first token
+                forwarded += len(prompt)
+                rest = [ids[:-1] for _, ids in members]
+                width = max(len(r) for r in rest)
+                if width:
+                    past = out.past_key_values
+                    past.batch_repeat_interleave(len(members))
+                    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+                    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest])
+                    mask = torch.tensor([[1] * len(prompt) + [1] * len(r) + [0] * (width - len(r)) for r in rest])
+                    positions = torch.arange(len(prompt), len(prompt) + width).expand(len(members), -1)
+                    model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                          use_cache=True)
+                    after = captured.pop("hidden")
+                    forwarded += sum(len(r) for r in rest)
+                for row, (index, completion_ids) in enumerate(members):
+                    n = len(completion_ids)
+                    h = torch.cat([first[None], after[row, : n - 1]]) if n > 1 else first[None]
+                    hidden_parts.append(h.float().numpy())
+                    label_parts.append(np.asarray(completion_ids, dtype=np.int64))
+                    sequence_parts.append(np.full(n, index, dtype=np.int32))
+                if number == 0:
+                    index, completion_ids = members[0]
+                    full = torch.tensor([list(prompt) + completion_ids[:-1]])
+                    model(input_ids=full, use_cache=False)
+                    direct = captured.pop("hidden")[0, len(prompt) - 1:]
+                    verify = {"max_abs_hidden_diff": float((direct - torch.from_numpy(hidden_parts[0])).abs().max())}
+                    if verify["max_abs_hidden_diff"] > verify_tolerance * max(1.0, float(direct.abs().max())):
+                        raise CacheError(f"Prompt-shared hidden states differ from a full forward pass by "
+                                         f"{verify['max_abs_hidden_diff']:.3g}; use deco train cache for this model.")
+                if log is not None and number % 50 == 0:
+                    log(f"cache: {number + 1}/{len(by_prompt)} prompts, {forwarded} tokens, "
+                        f"{time.perf_counter() - started:.0f} s")
+    finally:
+        handle.remove()
+    if not hidden_parts:
+        raise CacheError("The records hold no completion tokens; nothing to cache.")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        np.save(staging / "hidden.npy", np.concatenate(hidden_parts).astype(np.float32))
+        np.save(staging / "labels.npy", np.concatenate(label_parts))
+        np.save(staging / "sequence.npy", np.concatenate(sequence_parts))
+        np.save(staging / "lm_head.npy", weight.numpy())
+        wall = time.perf_counter() - started
+        tokens = int(sum(len(p) for p in label_parts))
+        meta = {
+            "format": CACHE_FORMAT, "base_model": model_identity(model).model_dump(mode="json"),
+            "hidden_dtype": "float32", "hidden_size": int(weight.shape[1]), "vocab_size": int(weight.shape[0]),
+            "records": len(records), "records_used": len(hidden_parts), "records_skipped_too_long": 0,
+            "record_sources": [str(r.get("source", "user")) for r in records],
+            "record_info": [{k: r.get(k) for k in RECORD_INFO_KEYS} for r in records],
+            "completion_tokens": tokens, "forwarded_tokens": forwarded, "prompts_shared": len(by_prompt),
+            "verify": verify, "data_summary": data_summary, "wall_seconds": round(wall, 2),
+            "tokens_per_second": round(forwarded / wall, 1),
+        }
+        (staging / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return FeatureCache.open(directory)

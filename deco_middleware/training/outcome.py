@@ -145,6 +145,7 @@ class _Plan:
     token_slices: list[np.ndarray]  # per record: its cache token indices, in order
     train_groups: list[list[int]]
     val_groups: list[list[int]]
+    solved_train_groups: list[list[int]]  # groups with at least one correct draw (the reference recipe's data)
     train_pairs: list[tuple[int, int, int]]  # (neutral, low, high) record indices
     val_pairs: list[tuple[int, int, int]]
     info: list[dict[str, Any]]
@@ -178,12 +179,13 @@ def plan_outcome_data(cache: FeatureCache, validation_fraction: float, seed: int
     mixed = lambda members: len({info[m]["reward"] for m in members}) > 1  # noqa: E731
     train_groups = [groups[n] for n in names if n not in val_names and mixed(groups[n])]
     val_groups = [groups[n] for n in names if n in val_names and mixed(groups[n])]
+    solved = [groups[n] for n in names if n not in val_names and any(info[m]["reward"] > 0 for m in groups[n])]
     group_of = {m: str(info[m]["group"]) for n in names for m in groups[n]}
     triplets = [(neutral, p["low"], p["high"]) for neutral, p in sorted(pairs.items()) if "low" in p and "high" in p
                 and len(token_slices[neutral])]
     train_pairs = [t for t in triplets if group_of.get(t[0]) not in val_names]
     val_pairs = [t for t in triplets if group_of.get(t[0]) in val_names]
-    return _Plan(token_slices, train_groups, val_groups, train_pairs, val_pairs, info)
+    return _Plan(token_slices, train_groups, val_groups, solved, train_pairs, val_pairs, info)
 
 
 def _tokens(cache: FeatureCache, indices: np.ndarray) -> tuple[Any, Any, Any]:
@@ -228,14 +230,18 @@ def group_loss(heads: Any, cache: FeatureCache, plan: _Plan, groups: list[list[i
     lengths = torch.bincount(owner_t, minlength=len(members)).float()
     per_record = torch.zeros(len(members)).index_add(0, owner_t, per_token) / lengths.clamp(min=1)
     weights = torch.from_numpy(counts).float()
-    loss = (per_record * weights).sum() / weights.sum()
-    stats = {"ppo": float(loss.detach()), "T": float(temperature.detach().mean()), "P": float(top_p.detach().mean())}
-    if config.reference_weight > 0:
+    ppo = (per_record * weights).sum() / weights.sum()
+    stats = {"ppo": float(ppo.detach()), "T": float(temperature.detach().mean()), "P": float(top_p.detach().mean())}
+    # objective "reference": the AutoDeco loss on the correct draws alone (rejection sampling), the
+    # PPO value kept as a diagnostic only.
+    loss = ppo if config.objective == "ppo" else ppo.detach()
+    reference_weight = 1.0 if config.objective == "reference" else config.reference_weight
+    if reference_weight > 0:
         correct = torch.from_numpy(rewards > 0)[owner_t]
         if bool(correct.any()):
             ref = autodeco_loss(heads, hidden[correct], logits[correct], labels[correct],
                                 LossConfig(heads="both" if config.train_top_p else "temperature"), training=False)
-            loss = loss + config.reference_weight * ref.total
+            loss = loss + reference_weight * ref.total
             stats["reference"] = float(ref.total.detach())
     return loss, stats
 
@@ -304,6 +310,8 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
     from ..heads.modules import AutoDecoHeads
 
     plan = plan_outcome_data(cache, config.validation_fraction, config.seed)
+    if config.objective == "reference":
+        plan.train_groups = plan.solved_train_groups
     if not plan.train_groups and not plan.train_pairs:
         raise TrainingDataError(
             f"The cache at {cache.directory} has no prompt group with both right and wrong draws and no steering "

@@ -114,33 +114,46 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
     merged: dict[tuple[int, float, tuple[int, ...]], dict[str, Any]] = {}
     partial = out.with_name(out.name + ".partial")
     partial.parent.mkdir(parents=True, exist_ok=True)
+    # Prompts in chunks (tasks mixed, seeded order), every temperature per chunk: an interrupted run
+    # leaves whole prompt groups in the partial file, each with draws at every temperature.
+    import random
+
+    order = list(range(len(problems)))
+    random.Random(config.seed).shuffle(order)
+    chunk = max(1, config.batch_size // config.samples_per_temperature)
     with open(partial, "w", encoding="utf-8") as raw:
-        for temperature in config.temperatures:
-            seeds = [[derive_seed(config.seed, name, p.index, temperature, k)
-                      for k in range(config.samples_per_temperature)] for name, p in problems]
-            for i, completions in iter_sample(
-                model, tokenizer, [p.prompt for _, p in problems], policy=Static(temperature, 1.0),
-                samples=config.samples_per_temperature, seeds=seeds, max_new_tokens=config.max_new_tokens,
-                max_rows=config.batch_size, stats=stats,
-            ):
-                name, problem = problems[i]
-                for completion in completions:
-                    ids = list(completion.token_ids) + ([int(eos)] if completion.finished and eos is not None else [])
-                    reward = float(grade_reply(completion.text, problem.entry, scorers[name]) >= CORRECT_SCORE)
-                    key = (i, temperature, tuple(ids))
-                    if key in merged:
-                        merged[key]["count"] += 1
-                        continue
-                    record = {"task": name, "group": f"{name}:{config.seed}:{problem.index}", "index": problem.index,
-                              "seed": config.seed, "prompt": problem.prompt, "completion": completion.text,
-                              "completion_ids": ids, "truncated": not completion.finished,
-                              "temperature": temperature, "top_p": 1.0, "reward": reward, "count": 1,
-                              "source": "rollout"}
-                    merged[key] = record
-                    raw.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            for temperature in config.temperatures:
+                seeds = [[derive_seed(config.seed, problems[j][0], problems[j][1].index, temperature, k)
+                          for k in range(config.samples_per_temperature)] for j in part]
+                for local, completions in iter_sample(
+                    model, tokenizer, [problems[j][1].prompt for j in part], policy=Static(temperature, 1.0),
+                    samples=config.samples_per_temperature, seeds=seeds, max_new_tokens=config.max_new_tokens,
+                    max_rows=config.batch_size, stats=stats,
+                ):
+                    i = part[local]
+                    name, problem = problems[i]
+                    for completion in completions:
+                        ids = list(completion.token_ids) + ([int(eos)] if completion.finished and eos is not None else [])
+                        reward = float(grade_reply(completion.text, problem.entry, scorers[name]) >= CORRECT_SCORE)
+                        key = (i, temperature, tuple(ids))
+                        if key in merged:
+                            merged[key]["count"] += 1
+                            continue
+                        record = {"task": name, "group": f"{name}:{config.seed}:{problem.index}",
+                                  "index": problem.index, "seed": config.seed, "prompt": problem.prompt,
+                                  "completion": completion.text, "completion_ids": ids,
+                                  "truncated": not completion.finished, "temperature": temperature, "top_p": 1.0,
+                                  "reward": reward, "count": 1, "source": "rollout"}
+                        merged[key] = record
+                raw.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged.values()
+                                  if r["group"] in {f"{problems[j][0]}:{config.seed}:{problems[j][1].index}" for j in part}
+                                  and r["temperature"] == temperature))
                 raw.flush()
-            if log is not None:
-                log(f"T={temperature}: {stats.generated_tokens} tokens, {time.perf_counter() - started:.0f} s")
+                if log is not None:
+                    log(f"prompts {start + len(part)}/{len(order)}, T={temperature}: {stats.generated_tokens} tokens, "
+                        f"{time.perf_counter() - started:.0f} s")
     records = [r for r in merged.values() if r["completion_ids"]]
     write_jsonl(records, out)
     partial.unlink(missing_ok=True)

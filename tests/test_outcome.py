@@ -333,3 +333,22 @@ def test_prompt_shared_rollout_cache_matches_the_plain_cache(tiny_lm, tmp_path: 
         assert np.array_equal(plain.labels[a], shared.labels[b])
         assert np.allclose(plain.hidden[a], shared.hidden[b], atol=1e-4)
     assert shared.meta["record_info"][1]["reward"] == 0.0 and shared.meta["prompts_shared"] == 2
+
+
+def test_generate_rollouts_keeps_every_draw_with_its_behaviour_policy(tiny_lm, tmp_path: Path) -> None:
+    import json
+
+    from deco_middleware.training.rollouts import generate_rollouts
+
+    model, tokenizer = tiny_lm
+    config = RolloutConfig(tasks=("products", "chain_sum"), prompts_per_task=2, temperatures=(0.3, 1.0),
+                           samples_per_temperature=2, max_new_tokens=3, batch_size=4, seed=5)
+    out = tmp_path / "r.jsonl"
+    summary = generate_rollouts(model, tokenizer, config, out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert not (tmp_path / "r.jsonl.partial").exists()
+    assert sum(r["count"] for r in records) == 2 * 2 * 2 * 2 == summary["draws"]
+    for r in records:
+        assert r["temperature"] in (0.3, 1.0) and r["top_p"] == 1.0 and r["reward"] in (0.0, 1.0)
+        assert 1 <= len(r["completion_ids"]) <= 3 and r["group"].startswith(r["task"] + ":5:")
+    assert {r["task"] for r in records} == {"products", "chain_sum"}

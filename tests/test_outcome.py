@@ -352,3 +352,30 @@ def test_generate_rollouts_keeps_every_draw_with_its_behaviour_policy(tiny_lm, t
         assert r["temperature"] in (0.3, 1.0) and r["top_p"] == 1.0 and r["reward"] in (0.0, 1.0)
         assert 1 <= len(r["completion_ids"]) <= 3 and r["group"].startswith(r["task"] + ":5:")
     assert {r["task"] for r in records} == {"products", "chain_sum"}
+
+
+def test_concatenate_caches_offsets_records_and_pairs(tmp_path: Path) -> None:
+    import json
+
+    from deco_middleware.training.rollouts import concatenate_caches
+
+    def write(name: str, lengths: list[int], info: list[dict]) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        n = sum(lengths)
+        np.save(d / "hidden.npy", np.arange(n * 2, dtype=np.float32).reshape(n, 2))
+        np.save(d / "labels.npy", np.arange(n, dtype=np.int64))
+        np.save(d / "sequence.npy", np.concatenate([np.full(k, i, dtype=np.int32) for i, k in enumerate(lengths)]))
+        np.save(d / "lm_head.npy", np.ones((3, 2), dtype=np.float32))
+        meta = {"format": 1, "base_model": {"name": "m"}, "records": len(lengths), "records_used": len(lengths),
+                "record_sources": ["rollout"] * len(lengths), "record_info": info, "completion_tokens": n,
+                "forwarded_tokens": n, "wall_seconds": 1.0}
+        (d / "meta.json").write_text(json.dumps(meta))
+        return d
+
+    a = write("a", [2, 1], [{"group": "x", "reward": 1.0}, {"group": "x", "steer": "low", "pair": 0}])
+    b = write("b", [1, 2], [{"group": "y", "reward": 0.0}, {"group": "y", "steer": "high", "pair": 0}])
+    merged = concatenate_caches([a, b], tmp_path / "m")
+    assert list(merged.sequence) == [0, 0, 1, 2, 3, 3]
+    assert [r.get("pair") for r in merged.meta["record_info"]] == [None, 0, None, 2]
+    assert merged.meta["records"] == 4 and merged.hidden.shape == (6, 2)

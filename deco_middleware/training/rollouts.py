@@ -348,3 +348,42 @@ def build_rollout_cache(model: Any, tokenizer: Any, records: Sequence[dict[str, 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return FeatureCache.open(directory)
+
+
+def concatenate_caches(directories: Sequence[str | os.PathLike[str]], directory: str | os.PathLike[str]) -> Any:
+    """One cache from several built over disjoint record lists (e.g. in parallel processes): tokens
+    and per-record info appended in order, record indices (and steering ``pair`` indices) offset."""
+    import numpy as np
+
+    from .cache import META_NAME, CacheError, FeatureCache
+
+    parts = [FeatureCache.open(d) for d in directories]
+    if not parts:
+        raise CacheError("No caches to concatenate.")
+    first = parts[0]
+    for part in parts[1:]:
+        if part.meta["base_model"] != first.meta["base_model"] or part.hidden.shape[1] != first.hidden.shape[1]:
+            raise CacheError(f"{part.directory} was built for another model than {first.directory}.")
+    offsets = np.cumsum([0] + [p.meta["records"] for p in parts[:-1]])
+    info: list[dict[str, Any]] = []
+    for part, offset in zip(parts, offsets):
+        for record in part.meta.get("record_info") or [{}] * part.meta["records"]:
+            record = dict(record)
+            if record.get("pair") is not None:
+                record["pair"] = int(record["pair"]) + int(offset)
+            info.append(record)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=False)
+    np.save(directory / "hidden.npy", np.concatenate([np.asarray(p.hidden) for p in parts]))
+    np.save(directory / "labels.npy", np.concatenate([np.asarray(p.labels) for p in parts]))
+    np.save(directory / "sequence.npy", np.concatenate([np.asarray(p.sequence) + o for p, o in zip(parts, offsets)]))
+    np.save(directory / "lm_head.npy", np.asarray(first.lm_head))
+    sums = lambda key: sum(p.meta.get(key) or 0 for p in parts)  # noqa: E731
+    meta = {**first.meta, "records": sums("records"), "records_used": sums("records_used"),
+            "record_sources": [s for p in parts for s in p.meta["record_sources"]], "record_info": info,
+            "completion_tokens": sums("completion_tokens"), "forwarded_tokens": sums("forwarded_tokens"),
+            "prompts_shared": sums("prompts_shared"), "wall_seconds": max(p.meta["wall_seconds"] for p in parts),
+            "cpu_parallel_parts": len(parts),
+            "tokens_per_second": round(sums("forwarded_tokens") / max(p.meta["wall_seconds"] for p in parts), 1)}
+    (directory / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return FeatureCache.open(directory)

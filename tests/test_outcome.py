@@ -382,3 +382,21 @@ def test_concatenate_caches_offsets_records_and_pairs(tmp_path: Path) -> None:
     assert list(merged.sequence) == [0, 0, 1, 2, 3, 3]
     assert [r.get("pair") for r in merged.meta["record_info"]] == [None, 0, None, 2]
     assert merged.meta["records"] == 4 and merged.hidden.shape == (6, 2)
+
+
+def test_rollout_prompts_never_include_an_evaluation_prompt() -> None:
+    """products has only 100 distinct prompts: without the exclusion a training seed repeats test prompts."""
+    pytest.importorskip("reasoning_gym")
+    from deco_middleware.training.data import make_problems
+    from deco_middleware.training.rollouts import ROLLOUT_TASKS, RolloutConfig, evaluation_prompts
+
+    held_out = evaluation_prompts()
+    assert len(held_out) >= 200  # five test sets of 50 distinct prompts (a few may coincide across tasks)
+    dataset, config = ROLLOUT_TASKS["products"]
+    plain, _ = make_problems(dataset, 40, 21, dict(config))
+    assert {p.prompt for p in plain} & held_out  # the overlap the exclusion exists for
+    kept, _ = make_problems(dataset, 40, 21, dict(config), exclude=held_out)
+    assert len(kept) == 40 and not {p.prompt for p in kept} & held_out
+    for seed in (90210, 4242, 5151):
+        with pytest.raises(Exception, match="evaluation or dev seed"):
+            RolloutConfig(seed=seed)

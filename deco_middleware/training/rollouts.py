@@ -60,6 +60,27 @@ ROLLOUT_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# The evaluation protocol's test sets (docs/eval_protocol.md): 50 distinct prompts of 250 drawn at
+# the evaluation seed. Small configurations repeat prompts across seeds (products has 100 in all),
+# so rollouts drop every one of these prompts, whatever the training seed.
+PROTOCOL_TEST_SETS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ROLLOUT_TASKS["products"], ROLLOUT_TASKS["basic_arithmetic"], ROLLOUT_TASKS["chain_sum"],
+    ("gcd", dict(min_numbers=2, max_numbers=2, min_value=2, max_value=20)),
+    ("lcm", dict(min_numbers=2, max_numbers=2, min_value=2, max_value=20)),
+)
+
+
+def evaluation_prompts(count: int = 50, size: int = 250) -> frozenset[str]:
+    """Every prompt of the protocol's test sets (``count`` distinct of ``size`` drawn at the evaluation seed)."""
+    from ..evaluation.tasks import reasoning_gym_problems
+
+    prompts: set[str] = set()
+    for dataset, task_config in PROTOCOL_TEST_SETS:
+        found, _ = reasoning_gym_problems(dataset, dict(task_config), seed=EVALUATION_SEED, size=size, count=count)
+        prompts.update(p.prompt for p in found)
+    return frozenset(prompts)
+
+
 def rollout_task_spec(name: str) -> tuple[str, dict[str, Any]]:
     if name not in ROLLOUT_TASKS:
         raise TrainingDataError(f"Unknown rollout task {name!r}; known: {', '.join(ROLLOUT_TASKS)}.")
@@ -82,7 +103,9 @@ class RolloutConfig:
             dataset, _ = rollout_task_spec(name)
             if dataset in RESERVED_TASKS:
                 raise TrainingDataError(f"Task {name!r} ({dataset}) is held out for evaluation; never train on it.")
-        if self.seed in (EVALUATION_SEED, DEV_SEED):
+        from ..evaluation.tuning import DEV_SEED as TUNING_DEV_SEED
+
+        if self.seed in (EVALUATION_SEED, DEV_SEED, TUNING_DEV_SEED):
             raise TrainingDataError(f"Seed {self.seed} is the evaluation or dev seed; pick another training seed.")
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
@@ -103,10 +126,11 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
     started = time.perf_counter()
     out = Path(out)
     problems, scorers = [], {}
+    held_out = evaluation_prompts()
     for name in config.tasks:
         dataset_name, task_config = rollout_task_spec(name)
         count = config.prompts_for.get(name, config.prompts_per_task) if config.prompts_for else config.prompts_per_task
-        found, dataset = make_problems(dataset_name, count, config.seed, dict(task_config))
+        found, dataset = make_problems(dataset_name, count, config.seed, dict(task_config), exclude=held_out)
         problems += [(name, p) for p in found]
         scorers[name] = dataset.score_answer
     eos = tokenizer.eos_token_id

@@ -151,6 +151,11 @@ class TraceStreamerError(DecoError, ValueError):
     """The streamer cannot pair tokens with decisions (no trace recorded, or a batch of several rows)."""
 
 
+
+class SteerError(DecoError, ValueError):
+    """An unknown steering direction (``steer=`` takes ``"low"``, ``"high"`` or ``None``)."""
+
+
 __all__ = [
     "CacheError",
     "CheckpointFormatError",
@@ -173,6 +178,7 @@ __all__ = [
     "ReferenceCheckpointError",
     "ResultCacheError",
     "StackedWarpersWarning",
+    "SteerError",
     "TaskSpecError",
     "TraceDocumentError",
     "TraceStreamerError",

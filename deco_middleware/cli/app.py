@@ -133,7 +133,7 @@ def _main(
 # Further commands live in their own modules (``cli/cmd_<name>.py``), each registering itself on
 # ``app`` with ``@app.command()``; a module whose optional dependencies are missing is skipped here
 # and its command then fails with the install hint when called.
-_COMMAND_MODULES = ("cmd_train", "cmd_eval", "cmd_trace", "cmd_bench", "cmd_export_lm", "cmd_reference")
+_COMMAND_MODULES = ("cmd_train", "cmd_eval", "cmd_trace", "cmd_bench", "cmd_export_lm", "cmd_reference", "cmd_outcome")
 
 
 def _register_commands() -> None:

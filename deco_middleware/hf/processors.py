@@ -581,6 +581,8 @@ class LearnedDecoding(PredictorDecoding):
         check_model: refuse models whose sizes or LM-head fingerprint differ from the manifest.
         seed: seeds every row's token draw (row ``i`` uses ``row_seeds(seed, 1, i)``, like the
             engine and the ONNX Runtime loop); ``None`` takes one from torch's global generator.
+        steer: ``"low"`` / ``"high"`` adds the trained decoding instruction to user messages passed
+            through :meth:`chat_inputs` / :meth:`steer_prompt` (``None``: prompts unchanged).
 
     The pair draws each token itself, so ``generate()``'s ``do_sample``, ``temperature``,
     ``top_k`` and ``top_p`` do not change the tokens; greedy decoding is ``temperature_scale=0``.
@@ -599,8 +601,12 @@ class LearnedDecoding(PredictorDecoding):
         record_trace: bool = False,
         check_model: bool = True,
         seed: int | None = None,
+        steer: str | None = None,
         **settings_kwargs: Any,
     ) -> None:
+        from ..steering import check_steer
+
+        self.steer = check_steer(steer)  # "low" | "high" | None: see steer_prompt / chat_inputs
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
         loaded = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
@@ -611,6 +617,18 @@ class LearnedDecoding(PredictorDecoding):
             settings = _replace(settings, use_top_p_head=False)
         super().__init__(LearnedPredictor(loaded, settings), record_trace=record_trace, seed=seed)
         self.check_model = check_model
+
+    def steer_prompt(self, prompt: str) -> str:
+        """``prompt`` with the trained instruction for ``steer`` where training put it (deco_middleware.steering)."""
+        from ..steering import steer_prompt
+
+        return steer_prompt(prompt, self.steer)
+
+    def chat_inputs(self, tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
+        """Tokenized user messages through the chat template, each carrying the ``steer`` instruction."""
+        from .chat import chat_inputs
+
+        return chat_inputs(tokenizer, [self.steer_prompt(p) for p in prompts])
 
 
 def _replace(settings: DecodingSettings, **changes: Any) -> DecodingSettings:

@@ -37,6 +37,7 @@ from ..progress import ProgressBar, ProgressCallback
 META_NAME = "meta.json"
 CACHE_FORMAT = 1
 HIDDEN_DTYPES = ("float16", "float32")
+RECORD_INFO_KEYS = ("task", "group", "reward", "temperature", "top_p", "count", "steer", "pair")
 
 
 
@@ -49,6 +50,10 @@ def tokenize_record(tokenizer: Any, record: dict[str, Any]) -> tuple[list[int], 
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         prompt_ids = tokenizer(prompt)["input_ids"]
+    if record.get("completion_ids"):
+        # Rollouts store the sampled ids (end-of-turn included when drawn): re-tokenizing the text
+        # can split it differently, and the behaviour log-probabilities must be of the drawn tokens.
+        return list(prompt_ids), [int(i) for i in record["completion_ids"]]
     completion_ids = list(tokenizer(record["completion"], add_special_tokens=False)["input_ids"])
     # The model learns where to stop too: the end-of-turn token is a label, unless the sample was
     # cut off by the generation budget (then the model never chose to stop there).
@@ -258,6 +263,10 @@ def build_cache(
             "records_skipped_too_long": skipped_long,
             # Per input record (the index `sequence.npy` refers to): lets `fit --sources` pick a subset.
             "record_sources": [str(r.get("source", "user")) for r in records],
+            # Per input record, for outcome-driven objectives (rollouts.py): the prompt group, the
+            # reward, the behaviour temperature / top-p and the number of identical draws merged.
+            "record_info": [{k: r.get(k) for k in RECORD_INFO_KEYS} for r in records]
+            if any("reward" in r or "steer" in r for r in records) else None,
             "completion_tokens": total_tokens,
             "forwarded_tokens": forwarded,
             "verify": {"max_abs_logit_diff": verify["max_abs_diff"], "max_abs_logit": verify["max_abs_logit"]},

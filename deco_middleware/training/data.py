@@ -48,8 +48,9 @@ def task_config(task: str, overrides: dict[str, Any] | None = None) -> dict[str,
     return {**TRAINING_TASKS.get(task, {}), **(overrides or {})}
 
 
-def make_problems(task: str, count: int, seed: int, config: dict[str, Any] | None = None) -> tuple[list[Problem], Any]:
-    """``count`` distinct prompts of ``task`` (seeded), and the dataset object (for its scorer).
+def make_problems(task: str, count: int, seed: int, config: dict[str, Any] | None = None, *,
+                  exclude: frozenset[str] = frozenset()) -> tuple[list[Problem], Any]:
+    """``count`` distinct prompts of ``task`` (seeded) not in ``exclude``, and the dataset object (for its scorer).
 
     Small configurations repeat prompts; the generator is asked for more items than needed and
     duplicates are skipped. Fewer than ``count`` come back when the configuration cannot make more.
@@ -58,7 +59,7 @@ def make_problems(task: str, count: int, seed: int, config: dict[str, Any] | Non
     pool = max(4 * count, count + 50)
     try:
         # The evaluation's loader: the same Problem class, deduplication and grader.
-        return reasoning_gym_problems(task, config, seed=seed, size=pool, count=count)
+        return reasoning_gym_problems(task, config, seed=seed, size=pool, count=count, exclude=exclude)
     except (ValueError, TypeError, KeyError, AssertionError) as error:
         raise TrainingDataError(f"reasoning-gym could not build task {task!r} with config {config}: {error}") from error
 

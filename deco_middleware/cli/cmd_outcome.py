@@ -1,0 +1,145 @@
+"""``deco train rollouts``, ``deco train outcome`` (issue #12/#13) and ``deco steer`` (the steering report).
+
+``deco train fit`` keeps the reference recipe (AutoDeco loss on correct samples); ``outcome`` trains
+on graded rollouts with the off-policy policy-gradient objective and, when the cache holds
+instruction pairs, the steering ranking loss (training/outcome.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import DecoError
+from .app import _fail, app, console
+from .cmd_train import _command_line, _floats, _load, train_app
+
+
+@train_app.command("rollouts")
+def rollouts_command(
+    out: Annotated[Path, typer.Option(help="JSONL of graded draws to write (a .summary.json next to it).")],
+    model: Annotated[str, typer.Option()] = "default",
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated rollout tasks (training/rollouts.py; "
+                                                      "default: all of ROLLOUT_TASKS).")] = None,
+    prompts_per_task: Annotated[int, typer.Option(min=1)] = 24,
+    prompts_for: Annotated[Optional[str], typer.Option(help="Per-task prompt counts, e.g. products=48,chain_sum=48.")] = None,
+    temperatures: Annotated[str, typer.Option(help="Behaviour temperatures (P = 1), comma-separated.")] = "0.3,0.6,1.0",
+    samples_per_temperature: Annotated[int, typer.Option(min=1)] = 2,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
+    batch_size: Annotated[int, typer.Option(min=1)] = 192,
+    seed: Annotated[int, typer.Option()] = 21,
+    steer_pairs: Annotated[int, typer.Option(min=0, help="Per prompt group, how many draws also get a 'low' and a "
+                                                        "'high' instruction copy (0: no steering data).")] = 0,
+    threads: Annotated[Optional[int], typer.Option(min=1)] = None,
+) -> None:
+    """Sample every prompt at every temperature and keep every draw, graded, with its behaviour policy."""
+    from ..training.data import read_jsonl, write_jsonl
+    from ..training.rollouts import ROLLOUT_TASKS, RolloutConfig, add_steer_pairs, generate_rollouts
+
+    command = _command_line("rollouts", dict(locals()))
+    try:
+        counts = {k: int(v) for k, v in (p.split("=") for p in prompts_for.split(","))} if prompts_for else None
+        config = RolloutConfig(tasks=tuple(t.strip() for t in tasks.split(",")) if tasks else tuple(ROLLOUT_TASKS),
+                               prompts_per_task=prompts_per_task, prompts_for=counts,
+                               temperatures=_floats(temperatures, "temperatures"),
+                               samples_per_temperature=samples_per_temperature, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, seed=seed)
+        loaded_model, tokenizer = _load(model, "float32", threads)
+        summary = generate_rollouts(loaded_model, tokenizer, config, out, log=lambda m: console.print(m))
+        if steer_pairs:
+            records = add_steer_pairs(read_jsonl(out), per_group=steer_pairs, seed=seed)
+            write_jsonl(records, out)
+            summary["steer_copies"] = sum(1 for r in records if r.get("steer"))
+    except (DecoError, ValueError) as error:
+        _fail(str(error))
+    summary["command"] = command
+    out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    for task, t in summary["tasks"].items():
+        console.print(f"{task}: {t['accuracy']:.1%} correct of {t['draws']} draws, {t['mixed_prompts']}/{t['prompts']} "
+                      f"prompts mixed, by T {t['by_temperature']}")
+    console.print(f"{summary['records']} records, {summary['completion_tokens']} completion tokens -> {out}")
+
+
+@train_app.command("outcome")
+def outcome_command(
+    cache: Annotated[Path, typer.Option(help="Cache built from rollouts (`deco train cache --data ROLLOUTS`).")],
+    out: Annotated[Path, typer.Option(help="Heads folder to write (heads.onnx + manifest.json).")],
+    objective: Annotated[str, typer.Option(help="ppo (off-policy clipped policy gradient).")] = "ppo",
+    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-3,
+    epochs: Annotated[int, typer.Option(min=1)] = 4,
+    groups_per_step: Annotated[int, typer.Option(min=1)] = 4,
+    clip: Annotated[float, typer.Option()] = 0.2,
+    rare_bonus: Annotated[float, typer.Option(help="Extra reward for solving a rarely solved prompt (pass@k).")] = 0.0,
+    reference_weight: Annotated[float, typer.Option(help="Weight of the AutoDeco loss on correct draws (anchor).")] = 0.0,
+    train_top_p: Annotated[bool, typer.Option("--top-p/--no-top-p", help="Train the top-p head too.")] = True,
+    steer_weight: Annotated[float, typer.Option()] = 1.0,
+    steer_margin: Annotated[float, typer.Option()] = 0.25,
+    steer_margin_top_p: Annotated[float, typer.Option()] = 0.0,
+    pairs_per_step: Annotated[int, typer.Option(min=1)] = 4,
+    validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="A name for this recipe, kept in the manifest.")] = None,
+) -> None:
+    """Fit heads on graded rollouts with the outcome objective (and steering pairs when cached)."""
+    from ..training import FeatureCache
+    from ..training.outcome import OutcomeConfig, export_outcome_heads, fit_outcome
+
+    command = _command_line("outcome", dict(locals()))
+    try:
+        features = FeatureCache.open(cache)
+        config = OutcomeConfig(objective=objective, learning_rate=learning_rate, epochs=epochs,  # type: ignore[arg-type]
+                               groups_per_step=groups_per_step, clip=clip, rare_bonus=rare_bonus,
+                               reference_weight=reference_weight, train_top_p=train_top_p, steer_weight=steer_weight,
+                               steer_margin=steer_margin, steer_margin_top_p=steer_margin_top_p,
+                               pairs_per_step=pairs_per_step, validation_fraction=validation_fraction, seed=seed,
+                               max_steps=max_steps)
+        result = fit_outcome(features, config)
+        export_outcome_heads(result, features, config, out, command=command, recipe=recipe)
+    except (DecoError, ValueError) as error:
+        _fail(str(error))
+    console.print(f"validation {result.validation_before} -> {result.validation}")
+    console.print(f"{result.steps} steps ({result.train_groups} groups, {result.train_pairs} pairs) in "
+                  f"{result.wall_seconds} s -> {out}")
+
+
+@app.command("steer")
+def steer_command(
+    task: Annotated[list[str], typer.Option(help="Task spec (rg:NAME?k=v or a JSONL file); repeat for several.")],
+    out: Annotated[Path, typer.Option(help="Folder for steer.json, steer.md and steer.png.")],
+    heads: Annotated[str, typer.Option(help="Shipped heads name or folder.")] = "smollm2-135m-instruct",
+    model: Annotated[str, typer.Option()] = "default",
+    limit: Annotated[int, typer.Option(min=1, help="Problems per task.")] = 30,
+    samples: Annotated[int, typer.Option(min=1)] = 4,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    seed: Annotated[int, typer.Option()] = 7,
+    batch_size: Annotated[int, typer.Option(min=1)] = 192,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """The steering report: mean T / P with a held-out 'low' / 'high' instruction and with none."""
+    from ..default_model import load_model
+    from ..evaluation.steer import run_steer, steer_markdown, write_steer_outputs
+    from ..evaluation.tasks import load_task
+    from ..heads.artifact import DecodingHeads
+
+    started = time.perf_counter()
+    try:
+        tasks = [load_task(spec, limit=limit) for spec in task]
+        decoding_heads = DecodingHeads.from_pretrained(heads)
+        loaded_model, tokenizer = load_model(model)
+        report = run_steer(loaded_model, tokenizer, decoding_heads, tasks, samples=samples,
+                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    except (DecoError, ValueError) as error:
+        _fail(str(error))
+    report["settings"].update(heads=heads, limit=limit, wall_seconds=round(time.perf_counter() - started, 1))
+    paths = write_steer_outputs(report, out)
+    if json_output:
+        typer.echo(json.dumps(report))
+    else:
+        console.print(steer_markdown(report))
+        console.print(f"-> {', '.join(str(p) for p in paths.values())}")
+

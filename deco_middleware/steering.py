@@ -1,0 +1,86 @@
+"""Decoding you can steer in words (issue #13): the instruction phrasings and where they go.
+
+The heads read the LM's hidden state, and the hidden state reads the prompt, so a sentence such as
+"Answer with low randomness." can move the predicted temperature once the heads are trained on
+pairs of the same prompt with a "low" and a "high" instruction (training/outcome.py, ranking loss).
+
+Where the instruction sits: at the end of the *user turn*, after a blank line
+(``f"{prompt}\\n\\n{instruction}"``). The user turn is the one place every backend passes through
+unchanged (HF pipelines, the ORT loop, vLLM, genai all take user text), and it needs no system
+prompt, which chat templates treat differently. ``LearnedDecoding(..., steer="low")`` and
+``deco steer`` insert it exactly there.
+
+Two disjoint phrasing sets: :data:`TRAIN_PHRASINGS` are the only ones training sees;
+:data:`EVAL_PHRASINGS` (paraphrases, other word orders, French and German) measure whether the
+heads learned the meaning rather than the exact words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from .errors import SteerError
+
+Steer = Literal["low", "high"]
+STEER_VALUES: tuple[str, ...] = ("low", "high")
+
+
+TRAIN_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "low": (
+        "Answer with low randomness.",
+        "Be precise and deterministic in your answer.",
+        "Use a low temperature: be careful and exact.",
+        "Respond conservatively, with minimal randomness.",
+        "Please be as deterministic as possible.",
+        "Keep your answer focused and predictable.",
+    ),
+    "high": (
+        "Answer with high randomness.",
+        "Be creative and varied in your answer.",
+        "Use a high temperature: be adventurous.",
+        "Respond freely, with maximal randomness.",
+        "Please be as random as possible.",
+        "Make your answer surprising and unpredictable.",
+    ),
+}
+
+EVAL_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "low": (
+        "Generate your reply with very little randomness.",
+        "Minimal randomness, please, when you reply.",
+        "Stay cautious and exact when you respond.",
+        "Réponds avec très peu de hasard.",
+        "Antworte mit wenig Zufall.",
+    ),
+    "high": (
+        "Generate your reply with a lot of randomness.",
+        "Lots of randomness, please, when you reply.",
+        "Be wild and imaginative when you respond.",
+        "Réponds avec beaucoup de hasard.",
+        "Antworte mit viel Zufall.",
+    ),
+}
+
+# The phrasing ``steer=`` inserts: the first training phrasing of each direction.
+DEFAULT_INSTRUCTION: dict[str, str] = {direction: phrasings[0] for direction, phrasings in TRAIN_PHRASINGS.items()}
+
+
+def check_steer(steer: str | None) -> str | None:
+    """``steer`` itself when it is ``None``, ``"low"`` or ``"high"``; otherwise a clear error."""
+    if steer is None or steer in STEER_VALUES:
+        return steer
+    raise SteerError(f"`steer` must be 'low', 'high' or None, got {steer!r}. 'low' asks the heads for less "
+                     "randomness, 'high' for more; None leaves the prompt as it is.")
+
+
+def steer_prompt(prompt: str, steer: str | None, phrasing: str | None = None) -> str:
+    """The user message with the instruction for ``steer`` appended where training put it."""
+    steer = check_steer(steer)
+    if steer is None:
+        return prompt
+    return f"{prompt}\n\n{phrasing or DEFAULT_INSTRUCTION[steer]}"
+
+
+def steer_prompts(prompts: Sequence[str], steer: str | None) -> list[str]:
+    return [steer_prompt(p, steer) for p in prompts]

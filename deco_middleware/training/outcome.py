@@ -1,0 +1,407 @@
+"""Outcome-driven training of the heads: off-policy policy gradient on graded rollouts, plus steering.
+
+The LM is frozen, so the feature cache gives the exact raw logits ``l = h @ W^T`` of every token
+of every sampled trajectory. The log-probability of a trajectory under *any* head policy
+``(T_t, P_t)`` is therefore computable without generating again (:func:`trajectory_log_prob`),
+and so is its log-probability under the behaviour policy it was drawn from (a static
+temperature ``T_b`` at P = 1: ``log softmax(l / T_b)[y]``, exact).
+
+Objective ``"ppo"`` (per prompt group of rollouts, :mod:`.rollouts`):
+
+- reward ``r`` = 1 for a correct reply, else 0; with ``rare_bonus = b`` a correct reply to a prompt
+  the draws solve with share ``s`` earns ``1 + b * (1 - s)`` (pass@k counts the rarely solved);
+- advantage ``A = (r - mean_group) / (std_group + 1e-6)`` over the group's draws (duplicates
+  counted with their ``count``); groups whose draws are all right or all wrong carry no signal
+  and are skipped;
+- per token ``rho = pi_heads(y | T_t, P_t) / pi_b(y)``; PPO's clipped surrogate
+  ``min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)``, averaged over a trajectory's tokens, then
+  over trajectories (weighted by ``count``). The heads' probability uses the soft nucleus of the
+  reference loss (:mod:`.loss`) when the top-p head is trained, else ``softmax(l / T)``;
+- ``reference_weight`` adds the AutoDeco loss on the correct draws (the reference recipe as an
+  anchor; ``objective="reference"`` is that loss alone, i.e. rejection sampling).
+
+Steering (issue #13): records of the same completion under a "low" and a "high" instruction
+(``steer`` in ``record_info``, ``pair`` = the index of the neutral record) add the margin ranking
+loss ``relu(m - (mean T_neutral - mean T_low)) + relu(m - (mean T_high - mean T_neutral))`` on the
+per-sequence mean temperature (and with ``steer_margin_top_p > 0`` the same on P); neutral
+records keep the usual objective, so accuracy is held by it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from .._deps import require
+from .cache import FeatureCache
+from .data import TrainingDataError
+from .loss import LossConfig, autodeco_loss, soft_top_p_label_probability_windowed
+
+torch = require("torch", purpose="Training heads")
+
+Objective = Literal["ppo", "reference"]
+OBJECTIVES = ("ppo", "reference")
+
+
+@dataclass(frozen=True)
+class OutcomeConfig:
+    """Hyperparameters of :func:`fit_outcome` (module docstring)."""
+
+    objective: Objective = "ppo"
+    learning_rate: float = 1e-3
+    epochs: int = 4
+    groups_per_step: int = 4
+    clip: float = 0.2
+    rare_bonus: float = 0.0
+    reference_weight: float = 0.0
+    train_top_p: bool = True
+    top_p_steepness: float = 30.0
+    soft_top_p_window: int = 1024
+    steer_weight: float = 1.0
+    steer_margin: float = 0.25
+    steer_margin_top_p: float = 0.0
+    pairs_per_step: int = 4
+    validation_fraction: float = 0.1
+    seed: int = 0
+    inner_size: int = 256
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if not self.learning_rate > 0 or self.epochs < 1 or self.groups_per_step < 1 or self.pairs_per_step < 1:
+            raise ValueError("`learning_rate` must be > 0 and `epochs`, `groups_per_step`, `pairs_per_step` >= 1.")
+        if not 0 < self.clip < 1:
+            raise ValueError(f"`clip` has to be in (0, 1), got {self.clip!r} (PPO's usual 0.2).")
+        if self.steer_margin < 0 or self.steer_margin_top_p < 0:
+            raise ValueError("Steering margins have to be >= 0.")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- pieces with tests of their own ------------------------------------------------------------------
+
+
+def behaviour_log_prob(logits: Any, labels: Any, temperature: Any) -> Any:
+    """``log softmax(l / T_b)[y]`` per token: the exact log-probability under a static T_b, P = 1."""
+    scaled = logits.float() / temperature.float().unsqueeze(-1)
+    return scaled.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+
+
+def trajectory_log_prob(logits: Any, labels: Any, temperature: Any, top_p: Any) -> Any:
+    """Per-token log-probability of ``labels`` under the sampler's rule at ``(T_t, P_t)``: divide by T,
+    keep a token while the mass before it is below P (the most likely always), renormalise.
+    ``-inf`` where the label falls outside the nucleus. Sum over a trajectory's tokens for its
+    log-probability."""
+    probs = torch.softmax(logits.float() / temperature.float().unsqueeze(-1), dim=-1)
+    label_prob = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    label_logit = logits.gather(-1, labels.unsqueeze(-1))
+    before = (probs * (logits > label_logit)).sum(dim=-1)
+    inside = (before < top_p) | (before == 0)
+    sorted_probs = probs.sort(dim=-1, descending=True).values
+    keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p.unsqueeze(-1)
+    keep[:, 0] = True
+    kept_mass = (sorted_probs * keep).sum(dim=-1)
+    out = torch.log(label_prob) - torch.log(kept_mass)
+    return torch.where(inside, out, torch.full_like(out, -math.inf))
+
+
+def group_advantages(rewards: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(r - mean) / (std + 1e-6)`` over one group's draws (``counts`` repeats merged duplicates)."""
+    weights = counts / counts.sum()
+    mean = float((weights * rewards).sum())
+    std = math.sqrt(float((weights * (rewards - mean) ** 2).sum()))
+    return (rewards - mean) / (std + 1e-6)
+
+
+def shaped_rewards(correct: np.ndarray, counts: np.ndarray, rare_bonus: float) -> np.ndarray:
+    """1 / 0 per draw; with ``rare_bonus`` a correct draw earns ``1 + b * (1 - share solved)``."""
+    share = float((counts * correct).sum() / counts.sum())
+    return correct * (1.0 + rare_bonus * (1.0 - share))
+
+
+def ppo_surrogate(log_prob: Any, old_log_prob: Any, advantage: Any, clip: float) -> Any:
+    """Per-token clipped surrogate *loss* ``-min(rho A, clip(rho) A)`` (minimise it)."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    clipped = ratio.clamp(1.0 - clip, 1.0 + clip)
+    return -torch.minimum(ratio * advantage, clipped * advantage)
+
+
+def ranking_loss(lower: Any, higher: Any, margin: float) -> Any:
+    """``relu(margin - (higher - lower))``, mean: zero (and zero gradient) once ``higher`` leads by ``margin``."""
+    return torch.relu(margin - (higher - lower)).mean()
+
+
+# -- the fit -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    token_slices: list[np.ndarray]  # per record: its cache token indices, in order
+    train_groups: list[list[int]]
+    val_groups: list[list[int]]
+    solved_train_groups: list[list[int]]  # groups with at least one correct draw (the reference recipe's data)
+    train_pairs: list[tuple[int, int, int]]  # (neutral, low, high) record indices
+    val_pairs: list[tuple[int, int, int]]
+    info: list[dict[str, Any]]
+
+
+def plan_outcome_data(cache: FeatureCache, validation_fraction: float, seed: int) -> _Plan:
+    """Groups of neutral rollouts with mixed outcomes, steering triplets, split by prompt group."""
+    info = cache.meta.get("record_info")
+    if not info:
+        raise TrainingDataError(
+            f"The cache at {cache.directory} has no per-record rewards (record_info): build it from rollouts "
+            "(`deco train rollouts`), or use the reference objective.")
+    sequence = np.asarray(cache.sequence)
+    order = np.argsort(sequence, kind="stable")
+    bounds = np.searchsorted(sequence[order], np.arange(len(info) + 1))
+    token_slices = [order[bounds[i]:bounds[i + 1]] for i in range(len(info))]
+    groups: dict[str, list[int]] = {}
+    pairs: dict[int, dict[str, int]] = {}
+    for index, record in enumerate(info):
+        if len(token_slices[index]) == 0:
+            continue
+        if record.get("steer") in ("low", "high"):
+            pairs.setdefault(int(record["pair"]), {})[record["steer"]] = index
+        elif record.get("reward") is not None:
+            groups.setdefault(str(record["group"]), []).append(index)
+    names = sorted(groups)
+    rng = np.random.default_rng(seed)
+    shuffled = [names[i] for i in rng.permutation(len(names))]
+    n_val = int(round(len(names) * validation_fraction))
+    val_names = set(shuffled[:n_val])
+    mixed = lambda members: len({info[m]["reward"] for m in members}) > 1  # noqa: E731
+    train_groups = [groups[n] for n in names if n not in val_names and mixed(groups[n])]
+    val_groups = [groups[n] for n in names if n in val_names and mixed(groups[n])]
+    solved = [groups[n] for n in names if n not in val_names and any(info[m]["reward"] > 0 for m in groups[n])]
+    group_of = {m: str(info[m]["group"]) for n in names for m in groups[n]}
+    triplets = [(neutral, p["low"], p["high"]) for neutral, p in sorted(pairs.items()) if "low" in p and "high" in p
+                and len(token_slices[neutral])]
+    train_pairs = [t for t in triplets if group_of.get(t[0]) not in val_names]
+    val_pairs = [t for t in triplets if group_of.get(t[0]) in val_names]
+    return _Plan(token_slices, train_groups, val_groups, solved, train_pairs, val_pairs, info)
+
+
+def _tokens(cache: FeatureCache, indices: np.ndarray) -> tuple[Any, Any, Any]:
+    hidden = torch.from_numpy(np.asarray(cache.hidden[indices], dtype=np.float32))
+    labels = torch.from_numpy(np.asarray(cache.labels[indices], dtype=np.int64))
+    return hidden, cache.logits(hidden), labels
+
+
+def _head_log_prob(heads: Any, hidden: Any, logits: Any, labels: Any, config: OutcomeConfig) -> tuple[Any, Any, Any]:
+    temperature = heads.temp_head(hidden)
+    if config.train_top_p:
+        top_p = heads.top_p_head(hidden, logits, temperature)
+        prob = soft_top_p_label_probability_windowed(logits, labels, temperature, top_p, config.top_p_steepness,
+                                                     config.soft_top_p_window)
+        return torch.log(prob + 1e-9), temperature, top_p
+    log_prob = behaviour_log_prob(logits, labels, temperature)
+    return log_prob, temperature, torch.ones_like(temperature)
+
+
+def group_loss(heads: Any, cache: FeatureCache, plan: _Plan, groups: list[list[int]], config: OutcomeConfig
+               ) -> tuple[Any, dict[str, float]]:
+    """The PPO loss (plus the reference anchor) over ``groups`` of rollouts."""
+    members = [m for g in groups for m in g]
+    indices = np.concatenate([plan.token_slices[m] for m in members])
+    owner = np.concatenate([np.full(len(plan.token_slices[m]), k) for k, m in enumerate(members)])
+    hidden, logits, labels = _tokens(cache, indices)
+    counts = np.array([float(plan.info[m].get("count") or 1) for m in members])
+    rewards = np.array([float(plan.info[m]["reward"]) for m in members])
+    advantages = np.zeros(len(members))
+    start = 0
+    for g in groups:
+        end = start + len(g)
+        shaped = shaped_rewards(rewards[start:end], counts[start:end], config.rare_bonus)
+        advantages[start:end] = group_advantages(shaped, counts[start:end])
+        start = end
+    owner_t = torch.from_numpy(owner)
+    behaviour_t = torch.tensor([float(plan.info[m]["temperature"]) for m in members])[owner_t]
+    with torch.no_grad():
+        old = behaviour_log_prob(logits, labels, behaviour_t)
+    log_prob, temperature, top_p = _head_log_prob(heads, hidden, logits, labels, config)
+    per_token = ppo_surrogate(log_prob, old, torch.from_numpy(advantages).float()[owner_t], config.clip)
+    lengths = torch.bincount(owner_t, minlength=len(members)).float()
+    per_record = torch.zeros(len(members)).index_add(0, owner_t, per_token) / lengths.clamp(min=1)
+    weights = torch.from_numpy(counts).float()
+    ppo = (per_record * weights).sum() / weights.sum()
+    stats = {"ppo": float(ppo.detach()), "T": float(temperature.detach().mean()), "P": float(top_p.detach().mean())}
+    # objective "reference": the AutoDeco loss on the correct draws alone (rejection sampling), the
+    # PPO value kept as a diagnostic only.
+    loss = ppo if config.objective == "ppo" else ppo.detach()
+    reference_weight = 1.0 if config.objective == "reference" else config.reference_weight
+    if reference_weight > 0:
+        correct = torch.from_numpy(rewards > 0)[owner_t]
+        if bool(correct.any()):
+            ref = autodeco_loss(heads, hidden[correct], logits[correct], labels[correct],
+                                LossConfig(heads="both" if config.train_top_p else "temperature"), training=False)
+            loss = loss + reference_weight * ref.total
+            stats["reference"] = float(ref.total.detach())
+    return loss, stats
+
+
+def steer_loss(heads: Any, cache: FeatureCache, plan: _Plan, triplets: list[tuple[int, int, int]],
+               config: OutcomeConfig) -> tuple[Any, dict[str, float]]:
+    """Margin ranking loss on the per-sequence mean T (and P) of (neutral, low, high) triplets."""
+    members = [m for t in triplets for m in t]
+    indices = np.concatenate([plan.token_slices[m] for m in members])
+    owner = torch.from_numpy(np.concatenate([np.full(len(plan.token_slices[m]), k) for k, m in enumerate(members)]))
+    hidden = torch.from_numpy(np.asarray(cache.hidden[indices], dtype=np.float32))
+    lengths = torch.bincount(owner, minlength=len(members)).float().clamp(min=1)
+    temperature = heads.temp_head(hidden)
+    mean_t = (torch.zeros(len(members)).index_add(0, owner, temperature) / lengths).view(-1, 3)
+    loss = ranking_loss(mean_t[:, 1], mean_t[:, 0], config.steer_margin) + \
+        ranking_loss(mean_t[:, 0], mean_t[:, 2], config.steer_margin)
+    shift = (mean_t - mean_t[:, :1]).detach()
+    stats = {"dT_low": float(shift[:, 1].mean()), "dT_high": float(shift[:, 2].mean()),
+             "steer_consistency": float(((shift[:, 1] < 0) & (shift[:, 2] > 0)).float().mean())}
+    if config.steer_margin_top_p > 0 and config.train_top_p:
+        logits = cache.logits(hidden)
+        top_p = heads.top_p_head(hidden, logits, temperature)
+        mean_p = (torch.zeros(len(members)).index_add(0, owner, top_p) / lengths).view(-1, 3)
+        loss = loss + ranking_loss(mean_p[:, 1], mean_p[:, 0], config.steer_margin_top_p)
+        stats["dP_low"] = float((mean_p[:, 1] - mean_p[:, 0]).detach().mean())
+    return loss, stats
+
+
+@dataclass
+class OutcomeFit:
+    heads: Any
+    steps: int
+    history: list[dict[str, Any]]
+    validation_before: dict[str, float]
+    validation: dict[str, float]
+    wall_seconds: float
+    train_groups: int
+    train_pairs: int
+    train_tokens: int
+
+
+@torch.no_grad()
+def validate(heads: Any, cache: FeatureCache, plan: _Plan, config: OutcomeConfig) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if plan.val_groups:
+        total, temps = 0.0, []
+        for start in range(0, len(plan.val_groups), config.groups_per_step):
+            chunk = plan.val_groups[start:start + config.groups_per_step]
+            loss, stats = group_loss(heads, cache, plan, chunk, config)
+            total += float(loss) * len(chunk)
+            temps.append(stats["T"])
+        out["ppo_loss"] = round(total / len(plan.val_groups), 5)
+        out["temperature_mean"] = round(float(np.mean(temps)), 4)
+    if plan.val_pairs:
+        _, stats = steer_loss(heads, cache, plan, plan.val_pairs, config)
+        out.update({k: round(v, 4) for k, v in stats.items()})
+    return out
+
+
+def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None
+                ) -> OutcomeFit:
+    """Train fresh heads on ``cache`` with the outcome objective (and steering when the cache has pairs).
+
+    Seeded: the initial weights, the group order of each epoch and the pair order are drawn from
+    ``config.seed``, so the same seed and cache give the same heads."""
+    from ..heads.modules import AutoDecoHeads
+
+    plan = plan_outcome_data(cache, config.validation_fraction, config.seed)
+    if config.objective == "reference":
+        plan.train_groups = plan.solved_train_groups
+    if not plan.train_groups and not plan.train_pairs:
+        raise TrainingDataError(
+            f"The cache at {cache.directory} has no prompt group with both right and wrong draws and no steering "
+            "pairs: nothing for the outcome objective to learn from. Sample more, or at more temperatures.")
+    steps_per_epoch = max(math.ceil(len(plan.train_groups) / config.groups_per_step),
+                          math.ceil(len(plan.train_pairs) / config.pairs_per_step), 1)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    torch.manual_seed(config.seed)
+    heads = AutoDecoHeads(cache.hidden.shape[1], inner_size=config.inner_size)
+    parameters = list(heads.temp_head.parameters()) + (list(heads.top_p_head.parameters()) if config.train_top_p else [])
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    validation_before = validate(heads, cache, plan, config)
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    rng = np.random.default_rng(config.seed + 1)
+    group_order: list[int] = []
+    pair_order: list[int] = []
+    trained_tokens = 0
+    for step in range(total_steps):
+        heads.train()
+        loss = torch.zeros(())
+        record: dict[str, Any] = {"step": step + 1}
+        if plan.train_groups:
+            if len(group_order) < config.groups_per_step:
+                group_order += list(rng.permutation(len(plan.train_groups)))
+            chosen = [plan.train_groups[i] for i in group_order[:config.groups_per_step]]
+            del group_order[:config.groups_per_step]
+            part, stats = group_loss(heads, cache, plan, chosen, config)
+            loss = loss + part
+            record.update({k: round(v, 5) for k, v in stats.items()})
+            trained_tokens += sum(len(plan.token_slices[m]) for g in chosen for m in g)
+        if plan.train_pairs and config.steer_weight > 0:
+            if len(pair_order) < config.pairs_per_step:
+                pair_order += list(rng.permutation(len(plan.train_pairs)))
+            chosen_pairs = [plan.train_pairs[i] for i in pair_order[:config.pairs_per_step]]
+            del pair_order[:config.pairs_per_step]
+            part, stats = steer_loss(heads, cache, plan, chosen_pairs, config)
+            loss = loss + config.steer_weight * part
+            record.update({k: round(v, 4) for k, v in stats.items()})
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+            optimizer.step()
+        record["loss"] = round(float(loss.detach()), 5)
+        history.append(record)
+        if on_log is not None:
+            on_log(record)
+    heads.eval()
+    wall = time.perf_counter() - started
+    return OutcomeFit(heads, total_steps, history, validation_before, validate(heads, cache, plan, config),
+                      round(wall, 2), len(plan.train_groups), len(plan.train_pairs), trained_tokens)
+
+
+def export_outcome_heads(result: OutcomeFit, cache: FeatureCache, config: OutcomeConfig, directory: Any, *,
+                         command: Any = None, stages: dict[str, Any] | None = None, recipe: str | None = None,
+                         extra: dict[str, Any] | None = None) -> Any:
+    """Write ``heads.onnx`` + manifest (reference architecture) with the outcome fit's training record."""
+    from ..heads.artifact import export_heads
+    from ..manifest import HeadArchitecture
+
+    trained = ["temperature", "top_p"] if config.train_top_p else ["temperature"]
+    meta = cache.meta
+    data_summary = meta.get("data_summary") or {}
+    record = {
+        "method": "AutoDeco heads on a frozen LM, trained on the model's own graded rollouts with an off-policy "
+                  "clipped policy gradient (training/outcome.py)"
+                  + ("; steering ranking loss on instruction pairs" if result.train_pairs else ""),
+        "recipe": recipe,
+        "data": {**data_summary,
+                 "cache": {k: meta.get(k) for k in ("records", "records_used", "completion_tokens", "hidden_dtype",
+                                                    "verify")},
+                 "train_groups": result.train_groups, "train_pairs": result.train_pairs,
+                 "trained_tokens": result.train_tokens},
+        "hyperparameters": {**config.as_dict(), "optimizer": "AdamW"},
+        "validation_before_training": result.validation_before,
+        "validation": result.validation,
+        "final_train_loss": result.history[-1]["loss"] if result.history else None,
+        "stages": {"cache": {"wall_seconds": meta.get("wall_seconds"), "tokens_per_second": meta.get("tokens_per_second")},
+                   "fit": {"wall_seconds": result.wall_seconds, "steps": result.steps,
+                           "tokens_per_second": round(result.train_tokens / result.wall_seconds, 1)
+                           if result.wall_seconds else None},
+                   **(stages or {})},
+        "command": command,
+        **(extra or {}),
+    }
+    architecture = HeadArchitecture(temperature_hidden_size=config.inner_size, top_p_hidden_size=config.inner_size,
+                                    trained=trained)
+    description = (f"AutoDeco heads for {cache.base_model.name}, trained on graded rollouts (objective "
+                   f"{config.objective}{', with steering' if result.train_pairs else ''}).")
+    return export_heads(result.heads.numpy_weights(), directory, base_model=cache.base_model,
+                        architecture=architecture, description=description, training=record)

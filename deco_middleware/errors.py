@@ -45,3 +45,11 @@ class UnsupportedGenerationModeError(DecoError, RuntimeError):
 
 class ModelProvisioningError(DecoError, RuntimeError):
     """The embedded default model could not be found in the cache nor fetched from the registry."""
+
+
+class InvalidDecodingRequestError(DecoError, ValueError):
+    """A serving request's per-request decoding settings are invalid (vLLM answers HTTP 400)."""
+
+
+class UnsupportedArchitectureError(DecoError, ValueError):
+    """A serving engine's model architecture is not one the plugin can wrap."""

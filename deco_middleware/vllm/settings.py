@@ -6,6 +6,7 @@ No vLLM import here, so the parsing and its error messages are tested without an
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,15 +48,26 @@ def request_decoding(extra_args: Mapping[str, Any] | None) -> RequestDecoding | 
     """``None`` for a request without the opt-in; else its validated settings.
 
     ``extra_args={"deco": {}}`` or ``{"deco": True}`` use the heads as they are;
-    ``{"deco": {"temperature_scale": 0}}`` is greedy on the learned pair, as in the HF path.
+    ``{"deco": {"temperature_scale": 0}}`` is greedy on the learned pair, as in the HF path. Over
+    REST, ``vllm_xargs`` holds no nested objects: send ``"deco": "{\"temperature_scale\": 0}"``
+    (a JSON object as a string) or ``"deco": true``.
     """
     if not extra_args or EXTRA_ARGS_KEY not in extra_args:
         return None
     value = extra_args[EXTRA_ARGS_KEY]
-    if value is None or value is False:
+    if value is None or value is False or (type(value) is int and value == 0):
         return None
-    if value is True:
-        value = {}
+    if value is True or (type(value) is int and value == 1):
+        value = {}  # REST's vllm_xargs turns a JSON `true` into 1
+    if isinstance(value, str):
+        # REST's vllm_xargs only carries strings, numbers and lists: the settings come as a JSON object string.
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as error:
+            raise DecoRequestError(
+                f'`vllm_xargs["{EXTRA_ARGS_KEY}"]` has to be a JSON object of decoding settings, got {value!r} ({error}). '
+                f'Example: "{EXTRA_ARGS_KEY}": "{{\\"temperature_scale\\": 0.8}}".'
+            ) from None
     if not isinstance(value, Mapping):
         raise DecoRequestError(
             f'`extra_args["{EXTRA_ARGS_KEY}"]` has to be an object of decoding settings (or true), got {value!r}. '

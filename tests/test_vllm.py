@@ -189,13 +189,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, default_model):
+    from deco_middleware.default_model import default_model_path
     from deco_middleware.vllm.trace import TRACE_ENV
 
     httpx = pytest.importorskip("httpx")
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
-    model = os.path.join(os.environ.get("DECO_MODEL_CACHE", "/work/models"), "SmolLM2-135M-Instruct")
+    model = str(default_model_path())
     vllm_bin = Path(sys.executable).with_name("vllm")
     with open(tmp / "serve.log", "w") as log:
         process = subprocess.Popen(

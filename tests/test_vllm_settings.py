@@ -63,3 +63,19 @@ def test_ignored_vllm_sampling_and_penalties() -> None:
     penalised = SimpleNamespace(**{**vars(neutral), "repetition_penalty": 1.2})
     with pytest.raises(DecoRequestError, match=r"repetition_penalty=1.2 cannot be combined"):
         check_penalties(penalised)
+
+
+def test_architectures_the_plugin_cannot_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deco_middleware.errors import UnsupportedArchitectureError
+    from deco_middleware.vllm import SUPPORTED_ARCHITECTURES, check_architecture
+
+    assert {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"} <= set(SUPPORTED_ARCHITECTURES)
+    monkeypatch.delenv("DECO_VLLM_HEADS", raising=False)
+    assert check_architecture("LlamaForCausalLM") is True
+    assert check_architecture("GPT2LMHeadModel") is False  # no heads asked for: served plainly
+    monkeypatch.setenv("DECO_VLLM_HEADS", "smollm2-135m-instruct")
+    with pytest.raises(UnsupportedArchitectureError) as raised:
+        check_architecture("GPT2LMHeadModel")
+    message = str(raised.value)
+    assert "`GPT2LMHeadModel` is not one deco_middleware.vllm can wrap" in message
+    assert "supported: LLaMAForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM." in message

@@ -15,14 +15,13 @@ import os
 import sys
 import traceback
 
-MODEL = os.path.join(os.environ.get("DECO_MODEL_CACHE", "/work/models"), "SmolLM2-135M-Instruct")
-
-
 def engine(**overrides):
     from vllm import LLM
 
+    from deco_middleware.default_model import ensure_default_model
+
     kwargs = dict(
-        model=MODEL, enforce_eager=True, gpu_memory_utilization=0.3, dtype="float32", max_model_len=512,
+        model=str(ensure_default_model()), enforce_eager=True, gpu_memory_utilization=0.3, dtype="float32", max_model_len=512,
         max_num_seqs=16, distributed_executor_backend="uni", seed=0,
     )
     kwargs.update(overrides)

@@ -63,6 +63,21 @@ def heads_requested() -> bool:
     return value not in ("default", "off", "none", "0", "false", "")
 
 
+def check_architecture(architecture: str) -> bool:
+    """Whether the plugin wraps ``architecture``. When the operator named heads explicitly
+    (``DECO_VLLM_HEADS``) for a model it cannot wrap, the engine must not start without them."""
+    if architecture in SUPPORTED_ARCHITECTURES:
+        return True
+    if heads_requested():
+        from ..errors import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
+            f"The model architecture `{architecture}` is not one deco_middleware.vllm can wrap; supported: "
+            f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}. Unset {HEADS_ENV} to serve this model without heads."
+        )
+    return False
+
+
 def register() -> None:
     """The ``vllm.general_plugins`` entry point: register the wrappers (lazily, by "module:class")."""
     if os.environ.get(HEADS_ENV, "").strip().lower() in ("off", "none", "0", "false"):
@@ -80,6 +95,7 @@ __all__ = [
     "TRACE_ENV",
     "RequestDecoding",
     "RequestTrace",
+    "check_architecture",
     "heads_requested",
     "read_trace",
     "register",

@@ -13,7 +13,6 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from ..errors import UnsupportedArchitectureError
 from ..sampling import DecodingSettings, LearnedPredictor, RowRandom, decode_step, draw
 from . import trace as trace_file
 from .runtime import STEP, CapturedRows, logger
@@ -63,17 +62,11 @@ class DecoLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-        from . import SUPPORTED_ARCHITECTURES, heads_requested
+        from . import check_architecture
 
         self.rows: dict[int, _Row] = {}
         self.batch_size = 0
-        architecture = str(getattr(vllm_config.model_config, "architecture", "") or "")
-        self.wrapped = architecture in SUPPORTED_ARCHITECTURES
-        if not self.wrapped and heads_requested():
-            raise UnsupportedArchitectureError(
-                f"The model architecture `{architecture}` is not one deco_middleware.vllm can wrap; supported: "
-                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}. Unset DECO_VLLM_HEADS to serve this model without heads."
-            )
+        self.wrapped = check_architecture(str(getattr(vllm_config.model_config, "architecture", "") or ""))
         self.trace = trace_file.TraceWriter.from_env()
 
     @classmethod

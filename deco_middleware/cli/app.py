@@ -53,7 +53,7 @@ def generate(
     top_p_scale: TopPScaleOption = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the tokens coloured by temperature, with a legend.")] = False,
-    backend: Annotated[str, typer.Option(help="torch | ort (ONNX Runtime; the default model is exported once and cached).")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch | ort (ONNX Runtime; the default model is exported once and cached) | vllm (the vLLM plugin; `pip install deco-middleware[vllm]`).")] = "torch",
 ) -> None:
     """Generate a reply with learned (or a baseline) decoding."""
     try:
@@ -62,8 +62,10 @@ def generate(
             from ..ort import generate_text_ort as generate_fn
         elif backend == "torch":
             from ..generation import generate_text as generate_fn
+        elif backend == "vllm":
+            from ..vllm.generate import generate_text_vllm as generate_fn
         else:
-            raise ValueError(f"Unknown backend {backend!r}; valid: torch, ort.")
+            raise ValueError(f"Unknown backend {backend!r}; valid: torch, ort, vllm.")
         result = generate_fn(
             prompt,
             model=model,

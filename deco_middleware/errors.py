@@ -151,6 +151,10 @@ class UnsupportedArchitectureError(DecoError, ValueError):
     """A serving engine's model architecture is not one the plugin can wrap."""
 
 
+class IgnoredSamplingWarning(DecoWarning):
+    """A serving request set the engine's own temperature / top-p / top-k / min-p next to the learned pair."""
+
+
 __all__ = [
     "CacheError",
     "CheckpointFormatError",
@@ -159,6 +163,7 @@ __all__ = [
     "ExportValidationError",
     "HeadsNotFoundError",
     "HiddenStateUnavailableError",
+    "IgnoredSamplingWarning",
     "IncompatibleHeadsError",
     "IntegrityError",
     "InvalidDecodingRequestError",

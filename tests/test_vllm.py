@@ -261,6 +261,14 @@ def test_server_serves_concurrent_requests_and_answers_bad_settings_with_400(ser
     assert "temperature_scale" in bad.text and "-2" in bad.text
     typo = complete(0, {"deco": json.dumps({"temprature_scale": 1})})
     assert typo.status_code == 400 and "Unknown key" in typo.text
-    # The engine survived: the next request is served.
+    # The engine survived: the next requests are served. REST clients send strings: "true" / "false"
+    # switch the heads, and settings inside the JSON string may be strings too.
     after = complete(1, {"deco": "true"})
     assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 8
+    off = complete(2, {"deco": "false"})
+    assert off.status_code == 200 and off.json()["usage"]["completion_tokens"] == 8
+    strings = complete(3, {"deco": json.dumps({"trace_id": "strings", "temperature_scale": "0.7", "top_k": "5"})})
+    assert strings.status_code == 200, strings.text
+    traced = read_trace(trace_path)["strings"]
+    assert len(traced.tokens) == 8 and max(traced.nucleus_size) <= 5
+    assert sorted(read_trace(trace_path)) == sorted([*(f"rest{i}" for i in range(0, 10, 2)), "strings"])

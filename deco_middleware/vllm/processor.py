@@ -13,14 +13,11 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from ..errors import IgnoredSamplingWarning
 from ..sampling import DecodingSettings, LearnedPredictor, RowRandom, decode_step, draw
 from . import trace as trace_file
 from .runtime import STEP, CapturedRows, logger
 from .settings import EXTRA_ARGS_KEY, check_penalties, ignored_vllm_sampling, request_decoding
-
-
-class IgnoredSamplingWarning(UserWarning):
-    """vLLM's own temperature / top-p / top-k / min-p were set on a request that uses the learned pair."""
 
 
 @dataclass
@@ -127,11 +124,12 @@ class DecoLogitsProcessor(LogitsProcessor):
         if (chosen < 0).any():  # a row with no finite score: keep vLLM's argmax rather than invent a token
             argmax = logits.index_select(0, index).argmax(dim=-1).cpu().numpy()
             chosen = np.where(chosen < 0, argmax, chosen)
-        logits.index_fill_(0, index, float("-inf"))
-        logits[index, torch.as_tensor(chosen, device=logits.device)] = 0.0
+        # A new tensor (vLLM's scores are not edited): the learned rows become one-token distributions.
+        forced = logits.index_fill(0, index, float("-inf"))
+        forced[index, torch.as_tensor(chosen, device=logits.device)] = 0.0
         if records and self.trace is not None:
             self.trace.write(records)
-        return logits
+        return forced
 
     def _decode(self, logits: torch.Tensor, captured: CapturedRows) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Each group of rows with the same settings through one ``decode_step``, then one draw per row."""

@@ -44,30 +44,86 @@ class RequestDecoding:
     trace_id: str | None = None
 
 
+_TRUE_WORDS = ("true", "yes", "on")
+_FALSE_WORDS = ("false", "no", "off", "none", "null")
+# DecodingSettings field -> "bool" | "int" | "float" (annotations are strings under `from __future__`).
+_SETTING_KINDS = {
+    field.name: next(kind for kind in ("bool", "int", "float") if kind in str(field.type))
+    for field in dataclasses.fields(DecodingSettings)
+}
+
+
+def _switch(value: Any) -> bool | None:
+    """``True`` / ``False`` for an on/off value of ``extra_args["deco"]`` (bools, 0 / 1, and their
+    REST spellings ``"true"``, ``"1"``, ...); ``None`` when ``value`` is not such a switch."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("", "1", "1.0", *_TRUE_WORDS):
+            return True
+        if word in ("0", "0.0", *_FALSE_WORDS):
+            return False
+    return None
+
+
+def _setting_from_text(key: str, text: str) -> Any:
+    """A setting that arrived as a string (REST clients often send ``"0.8"``) as the type it has."""
+    word = text.strip()
+    kind = _SETTING_KINDS[key]
+    if word.lower() in ("none", "null") and kind != "bool":
+        return None
+    if kind == "bool":
+        switch = _switch(word)
+        if switch is None:
+            raise DecoRequestError(
+                f'`extra_args["{EXTRA_ARGS_KEY}"]["{key}"]` has to be true or false, got {text!r}.'
+            )
+        return switch
+    try:
+        number = float(word)
+    except ValueError:
+        raise DecoRequestError(
+            f'`extra_args["{EXTRA_ARGS_KEY}"]["{key}"]` has to be a number, got {text!r}.'
+        ) from None
+    if kind == "int":
+        if not number.is_integer():
+            raise DecoRequestError(
+                f'`extra_args["{EXTRA_ARGS_KEY}"]["{key}"]` has to be a whole number, got {text!r}.'
+            )
+        return int(number)
+    return number
+
+
 def request_decoding(extra_args: Mapping[str, Any] | None) -> RequestDecoding | None:
     """``None`` for a request without the opt-in; else its validated settings.
 
     ``extra_args={"deco": {}}`` or ``{"deco": True}`` use the heads as they are;
     ``{"deco": {"temperature_scale": 0}}`` is greedy on the learned pair, as in the HF path. Over
-    REST, ``vllm_xargs`` holds no nested objects: send ``"deco": "{\"temperature_scale\": 0}"``
-    (a JSON object as a string) or ``"deco": true``.
+    REST, ``vllm_xargs`` holds no nested objects and clients often send every value as a string:
+    ``"deco": "true"`` / ``"false"`` / ``"1"`` / ``"0"`` switch the heads on or off, and the
+    settings come as a JSON object string, ``"deco": "{\"temperature_scale\": 0.8}"``, whose
+    values may themselves be strings (``"0.8"``, ``"true"``).
     """
     if not extra_args or EXTRA_ARGS_KEY not in extra_args:
         return None
     value = extra_args[EXTRA_ARGS_KEY]
-    if value is None or value is False or (type(value) is int and value == 0):
-        return None
-    if value is True or (type(value) is int and value == 1):
-        value = {}  # REST's vllm_xargs turns a JSON `true` into 1
+    switch = _switch(value)
+    if switch is not None:
+        return RequestDecoding(settings=DecodingSettings()) if switch else None
     if isinstance(value, str):
-        # REST's vllm_xargs only carries strings, numbers and lists: the settings come as a JSON object string.
         try:
-            value = json.loads(value) if value.strip() else {}
+            value = json.loads(value)
         except json.JSONDecodeError as error:
             raise DecoRequestError(
-                f'`vllm_xargs["{EXTRA_ARGS_KEY}"]` has to be a JSON object of decoding settings, got {value!r} ({error}). '
-                f'Example: "{EXTRA_ARGS_KEY}": "{{\\"temperature_scale\\": 0.8}}".'
+                f'`vllm_xargs["{EXTRA_ARGS_KEY}"]` has to be true, false or a JSON object of decoding settings, '
+                f'got {value!r} ({error}). Example: "{EXTRA_ARGS_KEY}": "{{\\"temperature_scale\\": 0.8}}".'
             ) from None
+        switch = _switch(value)
+        if switch is not None:  # e.g. the JSON text "true" inside a string
+            return RequestDecoding(settings=DecodingSettings()) if switch else None
     if not isinstance(value, Mapping):
         raise DecoRequestError(
             f'`extra_args["{EXTRA_ARGS_KEY}"]` has to be an object of decoding settings (or true), got {value!r}. '
@@ -82,8 +138,13 @@ def request_decoding(extra_args: Mapping[str, Any] | None) -> RequestDecoding | 
     trace_id = value.get(TRACE_KEY)
     if trace_id is not None and not isinstance(trace_id, str):
         raise DecoRequestError(f'`extra_args["{EXTRA_ARGS_KEY}"]["{TRACE_KEY}"]` has to be a string, got {trace_id!r}.')
+    values = {
+        key: _setting_from_text(key, item) if isinstance(item, str) else item
+        for key, item in value.items()
+        if key != TRACE_KEY
+    }
     try:
-        settings = DecodingSettings(**{k: v for k, v in value.items() if k != TRACE_KEY})
+        settings = DecodingSettings(**values)
     except (TypeError, ValueError) as error:
         raise DecoRequestError(f'Invalid `extra_args["{EXTRA_ARGS_KEY}"]`: {error}') from error
     return RequestDecoding(settings=settings, trace_id=trace_id)

@@ -91,10 +91,10 @@ def register() -> None:
 __all__ = [
     "EXTRA_ARGS_KEY",
     "HEADS_ENV",
-    "SUPPORTED_ARCHITECTURES",
-    "TRACE_ENV",
     "RequestDecoding",
     "RequestTrace",
+    "SUPPORTED_ARCHITECTURES",
+    "TRACE_ENV",
     "check_architecture",
     "heads_requested",
     "read_trace",

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from ..errors import IncompatibleHeadsError, UnsupportedArchitectureError
-from ..fingerprint import METHOD, lm_head_fingerprint, row_indices
+from ..fingerprint import identity_from_lm_head
 from ..heads.artifact import DecodingHeads, heads_for_identity
 from ..heads.torch_artifact import torch_heads_from_artifact
-from ..manifest import BaseModelIdentity, LMHeadFingerprint
+from ..manifest import BaseModelIdentity
 from . import HEADS_ENV
 from .runtime import STEP, logger
 
@@ -42,15 +42,14 @@ def vllm_model_identity(model: Any, name: str, architecture: str) -> BaseModelId
             f"The LM head of `{name}` has shape {list(weight.shape)}, not [>= {vocab_size}, {hidden_size}]: it is "
             "split across tensor-parallel ranks. The plugin needs tensor_parallel_size=1."
         )
-    with torch.no_grad():
-        rows = weight[torch.as_tensor(row_indices(vocab_size), device=weight.device)].float().cpu().numpy()
-    return BaseModelIdentity(
-        name=name,
-        architecture=architecture,
-        hidden_size=hidden_size,
-        vocab_size=vocab_size,
-        lm_head_fingerprint=LMHeadFingerprint(method=METHOD, values=lm_head_fingerprint(np.asarray(rows), vocab_size)),
-    )
+
+    def read_rows(start: int, stop: int) -> np.ndarray:
+        # Only the first `vocab_size` rows: vLLM pads its LM head to a multiple of 64 rows.
+        with torch.no_grad():
+            return weight[start:stop].float().cpu().numpy()
+
+    # The one identity every backend computes (fingerprint.identity_from_lm_head), here from the weights vLLM loaded.
+    return identity_from_lm_head(read_rows, vocab_size, hidden_size, name=name, architecture=architecture)
 
 
 def load_heads_for(identity: BaseModelIdentity, choice: str | None = None) -> DecodingHeads | None:

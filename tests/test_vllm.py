@@ -272,3 +272,30 @@ def test_server_serves_concurrent_requests_and_answers_bad_settings_with_400(ser
     traced = read_trace(trace_path)["strings"]
     assert len(traced.tokens) == 8 and max(traced.nucleus_size) <= 5
     assert sorted(read_trace(trace_path)) == sorted([*(f"rest{i}" for i in range(0, 10, 2)), "strings"])
+
+
+def test_generate_backend_vllm_runs_a_static_strategy_through_the_plugin(tmp_path: Path) -> None:
+    """`generate_text_vllm` prints the one result dict (pure JSON on stdout: vLLM's logs go to stderr);
+    a static strategy is decoded by the plugin's step, so the trace holds its T and P."""
+    script = ("import json, sys; from deco_middleware.vllm.generate import generate_text_vllm; "
+              "print(json.dumps(generate_text_vllm('What is 7 times 8?', strategy='static:0.7,0.9', "
+              "max_new_tokens=6, seed=3)))")
+    done = subprocess.run([sys.executable, "-c", script], env=_child_env(), capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout)  # the whole of stdout
+    assert set(result) == {"text", "tokens", "token_ids", "temperature", "top_p", "strategy", "model", "heads", "seed",
+                           "backend", "finish_reason"}
+    assert result["strategy"] == "static:0.7,0.9" and result["backend"] == "vllm" and result["heads"] is None
+    assert 1 <= len(result["token_ids"]) <= 6 and len(result["temperature"]) == len(result["token_ids"])
+    np.testing.assert_allclose(result["temperature"], 0.7, atol=1e-6)
+    np.testing.assert_allclose(result["top_p"], 0.9, atol=1e-6)
+
+
+def test_generate_backend_vllm_refuses_a_strategy_the_plugin_cannot_apply() -> None:
+    from deco_middleware.errors import UnknownStrategyError
+    from deco_middleware.strategies import parse_strategy
+    from deco_middleware.vllm.generate import sampling_params
+
+    with pytest.raises(UnknownStrategyError, match=r"Strategy 'edt' is not available with --backend vllm"):
+        sampling_params(parse_strategy("edt"), max_new_tokens=4, seed=0)

@@ -7,7 +7,8 @@ Install ``deco-middleware[vllm]``; two entry points load it in every vLLM proces
   (:mod:`.models`) whose ``compute_logits`` also runs the heads.
 - ``vllm.logits_processors`` -> :class:`~.processor.DecoLogitsProcessor`, which sees every
   request's ``SamplingParams`` and applies the learned step to the requests that opt in with
-  ``SamplingParams(extra_args={"deco": {...}})`` (REST: ``"vllm_xargs": {"deco": ...}``).
+  ``SamplingParams(extra_args={"deco": {...}})`` (REST: ``"vllm_xargs": {"deco": ...}``, where
+  values arrive as strings: ``"true"`` / ``"false"`` or a JSON object string, see :mod:`.settings`).
 
 How the rows line up. No logits-processor interface sees hidden states, and the model never sees
 sampling parameters, so the two halves meet in :data:`.runtime.STEP`, inside the worker process

@@ -95,6 +95,7 @@ def generate_text_vllm(
     from vllm.inputs import TokensPrompt
 
     from ..generation import chat_texts
+    from ..rows import generation_result
     from ..sampling import batch_seeds
 
     chosen = parse_strategy(strategy) if isinstance(strategy, str) else strategy
@@ -120,19 +121,10 @@ def generate_text_vllm(
                 "(e.g. no heads fit the model). Use --heads default or heads made for this model."
             )
         heads_name = str(_loaded_heads_directory(llm)) if chosen.learned else None
-    return {
-        "text": tokenizer.decode(new_ids, skip_special_tokens=True),
-        "tokens": [tokenizer.decode([i]) for i in new_ids],
-        "token_ids": new_ids,
-        "temperature": [float(t) for t in trace.temperature],
-        "top_p": [float(p) for p in trace.top_p],
-        "strategy": chosen.name,
-        "model": model,
-        "heads": heads_name,
-        "seed": seed,
-        "backend": "vllm",
-        "finish_reason": output.finish_reason,
-    }
+    return generation_result(
+        token_ids=new_ids, decode=tokenizer.decode, temperature=trace.temperature, top_p=trace.top_p,
+        strategy=chosen, model=model, heads=heads_name, seed=seed, backend="vllm", finish_reason=output.finish_reason,
+    )
 
 
 def _loaded_heads_directory(llm: Any) -> str | None:

@@ -154,6 +154,19 @@ class TraceStreamerError(DecoError, ValueError):
 
 class SteerError(DecoError, ValueError):
     """An unknown steering direction (``steer=`` takes ``"low"``, ``"high"`` or ``None``)."""
+# -- serving engines (vLLM) ----------------------------------------------------------------------
+
+
+class InvalidDecodingRequestError(DecoError, ValueError):
+    """A serving request's per-request decoding settings are invalid (vLLM answers HTTP 400)."""
+
+
+class UnsupportedArchitectureError(DecoError, ValueError):
+    """A serving engine's model architecture is not one the plugin can wrap."""
+
+
+class IgnoredSamplingWarning(DecoWarning):
+    """A serving request set the engine's own temperature / top-p / top-k / min-p next to the learned pair."""
 
 
 __all__ = [
@@ -166,8 +179,10 @@ __all__ = [
     "GenaiModelError",
     "HeadsNotFoundError",
     "HiddenStateUnavailableError",
+    "IgnoredSamplingWarning",
     "IncompatibleHeadsError",
     "IntegrityError",
+    "InvalidDecodingRequestError",
     "ManifestError",
     "ManifestVersionError",
     "MissingDependencyError",
@@ -187,6 +202,7 @@ __all__ = [
     "UnknownKeysWarning",
     "UnknownReferenceKeysWarning",
     "UnknownStrategyError",
+    "UnsupportedArchitectureError",
     "UnsupportedGenerationModeError",
     "UnsupportedGraphError",
 ]

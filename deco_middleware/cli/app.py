@@ -54,7 +54,7 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with per-token T and P.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the tokens coloured by temperature, with a legend.")] = False,
     backend: Annotated[
-        str, typer.Option(help="torch | ort (ONNX Runtime) | genai (onnxruntime-genai); the default model is exported once and cached.")
+        str, typer.Option(help="torch | ort (ONNX Runtime) | genai (onnxruntime-genai); the default model is exported once and cached | vllm (the vLLM plugin; `pip install deco-middleware[vllm]`).")
     ] = "torch",
 ) -> None:
     """Generate a reply with learned (or a baseline) decoding."""
@@ -66,8 +66,10 @@ def generate(
             from ..genai import generate_text_genai as generate_fn
         elif backend == "torch":
             from ..generation import generate_text as generate_fn
+        elif backend == "vllm":
+            from ..vllm.generate import generate_text_vllm as generate_fn
         else:
-            raise ValueError(f"Unknown backend {backend!r}; valid: torch, ort, genai.")
+            raise ValueError(f"Unknown backend {backend!r}; valid: torch, ort, genai, vllm.")
         result = generate_fn(
             prompt,
             model=model,

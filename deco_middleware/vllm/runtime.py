@@ -1,0 +1,79 @@
+"""What the model wrapper and the logits processor share inside one vLLM worker process.
+
+The model wrapper (:mod:`.models`) and the logits processor (:mod:`.processor`) are built by the
+same model runner in the same worker process, so one module-level :data:`STEP` joins them:
+
+1. ``update_state`` (the processor, before each forward pass) publishes the batch size and the
+   batch rows that opted in (:meth:`StepBuffer.expect`).
+2. ``compute_logits`` (the wrapper, on the final-norm hidden states of the rows being sampled)
+   runs the torch heads on those rows, on the raw LM-head logits, and keeps their outputs
+   (:meth:`StepBuffer.capture`). The call that matches is the first one with exactly the published
+   number of rows after step 1; later calls in the step (prompt logprobs, which come after sampling)
+   find nothing pending and pass through.
+3. ``apply`` (the processor, inside vLLM's sampler) takes them (:meth:`StepBuffer.take`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger("deco_middleware.vllm")
+
+
+@dataclass
+class CapturedRows:
+    rows: tuple[int, ...]  # batch rows, in the processor's order
+    hidden: Any  # torch float32 [n, H] final-norm hidden states of those rows
+    temperature: Any  # torch float32 [n] raw temperature-head outputs
+    top_p: Any  # torch float32 [n] raw top-p-head outputs
+
+
+class StepBuffer:
+    """Heads loaded by the model wrapper, and the hand-over of one step's head outputs."""
+
+    def __init__(self) -> None:
+        self.heads: Any = None  # DecodingHeads (manifest, trained heads) once the wrapper loaded them
+        self.module: Any = None  # torch AutoDecoHeads on the model's device
+        self.unavailable_reason: str | None = "the model was not loaded through a deco_middleware.vllm wrapper"
+        self._expected: tuple[int, tuple[int, ...]] | None = None
+        self._captured: CapturedRows | None = None
+
+    def install(self, heads: Any, module: Any) -> None:
+        self.heads, self.module, self.unavailable_reason = heads, module, None
+
+    def disable(self, reason: str) -> None:
+        self.heads, self.module, self.unavailable_reason = None, None, reason
+
+    @property
+    def available(self) -> bool:
+        return self.module is not None
+
+    def expect(self, batch_size: int, rows: tuple[int, ...]) -> None:
+        self._captured = None
+        self._expected = (batch_size, rows) if rows and self.available else None
+
+    def capture(self, hidden_states: Any, logits: Any) -> None:
+        if self._expected is None or logits is None:
+            return
+        batch_size, rows = self._expected
+        if hidden_states.shape[0] != batch_size:
+            return  # not the sampled rows (speculative decoding is refused elsewhere)
+        self._expected = None
+        import torch
+
+        index = torch.as_tensor(rows, device=hidden_states.device)
+        with torch.no_grad():
+            hidden = hidden_states.index_select(0, index).float()
+            temperature, top_p = self.module(hidden, logits.index_select(0, index).float())
+        self._captured = CapturedRows(rows, hidden, temperature, top_p)
+
+    def take(self) -> CapturedRows | None:
+        captured, self._captured = self._captured, None
+        return captured
+
+
+STEP = StepBuffer()
+
+__all__ = ["STEP", "CapturedRows", "StepBuffer", "logger"]

@@ -21,7 +21,11 @@ from .errors import ManifestError, ManifestVersionError, UnknownKeysWarning
 
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "heads.onnx"
-FORMAT_VERSION = 1
+# The newest format this version reads. A manifest is written with the oldest version that can express
+# it (`format_version_for`): heads of the reference features stay at 1, byte for byte, and only heads
+# whose graph an older reader would misjudge (it ignores unknown keys) are written as 2, which such a
+# reader refuses with "upgrade" instead.
+FORMAT_VERSION = 2
 # A manifest is a few kB; anything far larger is not one of ours and is refused before parsing.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # Nesting a manifest needs (the free-form `training` section included); deeper JSON is refused before
@@ -33,11 +37,19 @@ MAX_VOCAB_SIZE = 1 << 22
 MAX_FILE_NAME_BYTES = 255  # the usual file-system limit for one path component
 
 HEAD_ARCHITECTURE = "autodeco-mlp-v1"
+# What the temperature head reads: the final-norm hidden state alone (the reference), or that and two
+# statistics of softmax(raw logits) at T = 1 over the whole vocabulary, `concat[h, max_prob, entropy]`.
+TEMPERATURE_FEATURES = ("hidden", "hidden+logit-stats")
+DEFAULT_TEMPERATURE_FEATURES = "hidden"
+# Columns the temperature head's first layer reads beyond the hidden size, per feature set.
+TEMPERATURE_EXTRA_FEATURES = {"hidden": 0, "hidden+logit-stats": 2}
+TemperatureFeatures = Literal["hidden", "hidden+logit-stats"]
 
 
 __all__ = [
     "FORMAT_VERSION",
     "HEAD_ARCHITECTURE",
+    "TEMPERATURE_FEATURES",
     "MANIFEST_NAME",
     "MAX_MANIFEST_BYTES",
     "ONNX_NAME",
@@ -50,6 +62,7 @@ __all__ = [
     "UnknownKeysWarning",
     "WriterInfo",
     "atomic_write_bytes",
+    "format_version_for",
     "sha256_file",
 ]
 
@@ -91,9 +104,32 @@ class HeadArchitecture(_Section):
     temperature_hidden_size: int = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
     top_p_hidden_size: int = Field(default=256, gt=0, le=MAX_HIDDEN_SIZE)
     enhanced_features: bool = True
+    # Written only when not the default, so manifests of reference-feature heads keep their bytes.
+    temperature_features: TemperatureFeatures = DEFAULT_TEMPERATURE_FEATURES
     max_temperature: float = Field(default=2.0, gt=0, le=1e4, allow_inf_nan=False)
     # Which heads were trained; an untrained head's output is ignored at run time (T=1 or P=1).
     trained: list[Literal["temperature", "top_p"]] = Field(default_factory=lambda: ["temperature", "top_p"])
+
+    @field_validator("temperature_features", mode="before")
+    @classmethod
+    def _known_temperature_features(cls, value: Any) -> Any:
+        if value not in TEMPERATURE_FEATURES:  # also refuses non-strings, before the Literal's own message
+            accepted = ", ".join(repr(v) for v in TEMPERATURE_FEATURES)
+            raise ValueError(
+                f"unknown temperature_features {_shorten(repr(value), 60)}, expected one of {accepted} "
+                "(heads from a newer deco-middleware: pip install -U deco-middleware)"
+            )
+        return value
+
+    @property
+    def temperature_input_size_extra(self) -> int:
+        """Columns of the temperature head's first layer beyond the hidden size (0 or 2)."""
+        return TEMPERATURE_EXTRA_FEATURES[self.temperature_features]
+
+
+def format_version_for(heads: HeadArchitecture) -> int:
+    """The oldest format that expresses ``heads``: 1 for the reference features, 2 with logit statistics."""
+    return 1 if heads.temperature_features == DEFAULT_TEMPERATURE_FEATURES else 2
 
 
 class IONames(_Section):
@@ -165,6 +201,13 @@ class HeadManifest(_Section):
             manifest = cls.model_validate(raw)
         except ValidationError as error:
             raise ManifestError(f"{source} is not a valid head manifest: {_one_line(error)}. Re-export the heads.") from error
+        needed = format_version_for(manifest.heads)
+        if manifest.format_version < needed:
+            raise ManifestError(
+                f"{source} declares heads.temperature_features {manifest.heads.temperature_features!r}, which needs "
+                f"format_version {needed}, but has format_version {manifest.format_version} (readers of that version "
+                "ignore the field and would misjudge the graph). Re-export the heads."
+            )
         unknown = manifest.unknown_keys()
         if unknown:
             warnings.warn(
@@ -208,6 +251,8 @@ class HeadManifest(_Section):
         data = self.model_dump(mode="json")
         if data.get("source") is None:  # only imported heads have one; older readers would warn on the key
             data.pop("source", None)
+        if data["heads"].get("temperature_features") == DEFAULT_TEMPERATURE_FEATURES:
+            data["heads"].pop("temperature_features")  # the reference's features: the bytes of older manifests
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -237,7 +282,7 @@ def _check_format_version(version: Any, source: str) -> None:
             "Upgrade with: pip install -U deco-middleware"
         )
     raise ManifestError(
-        f"{source} has format_version {shown} ({type(version).__name__}); it must be the integer "
+        f"{source} has format_version {shown} ({type(version).__name__}); it must be an integer from 1 to "
         f"{FORMAT_VERSION}. Re-export the heads."
     )
 
@@ -263,6 +308,6 @@ def _one_line(error: ValidationError, limit: int = 3) -> str:
     parts = []
     for item in error.errors(include_url=False)[:limit]:
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        parts.append(f"`{where}`: {_shorten(item['msg'])} (got {_shorten(repr(item.get('input')), 60)})")
+        parts.append(f"`{where}`: {_shorten(item['msg'], 240)} (got {_shorten(repr(item.get('input')), 60)})")
     more = error.error_count() - limit
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -20,7 +20,7 @@ from deco_middleware import (
     UnknownKeysWarning,
     export_heads,
 )
-from deco_middleware.manifest import MANIFEST_NAME, ONNX_NAME
+from deco_middleware.manifest import FORMAT_VERSION, MANIFEST_NAME, ONNX_NAME
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -90,7 +90,7 @@ def test_newer_manifest_version_is_a_clear_error(tiny_heads_dir, tmp_path):
     manifest = json.loads((target / MANIFEST_NAME).read_text())
     manifest["format_version"] = 99
     (target / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(ManifestVersionError, match="format_version 99.*reads up to 1.*pip install -U deco-middleware"):
+    with pytest.raises(ManifestVersionError, match=f"format_version 99.*reads up to {FORMAT_VERSION}.*pip install -U deco-middleware"):
         DecodingHeads.from_pretrained(target)
 
 

@@ -13,15 +13,16 @@ pytest.importorskip("transformers")
 from typer.testing import CliRunner  # noqa: E402
 
 from deco_middleware.cli import app as app_module  # noqa: E402
+from deco_middleware.manifest import FORMAT_VERSION  # noqa: E402
 
 ASSET = Path(__file__).parent / "assets" / "tiny_heads"
 
 
 def newer_version(directory: Path) -> str:
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest["format_version"] = "2"
+    manifest["format_version"] = str(FORMAT_VERSION + 1)
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    return "has format_version '2' (str), which is not an integer and reads as newer than 1"
+    return f"has format_version '{FORMAT_VERSION + 1}' (str), which is not an integer and reads as newer than {FORMAT_VERSION}"
 
 
 def bad_utf8(directory: Path) -> str:

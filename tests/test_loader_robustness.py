@@ -25,7 +25,7 @@ from deco_middleware import (
 )
 from deco_middleware.errors import DecoError
 from deco_middleware.fingerprint import METHOD, fingerprint_from_matrix
-from deco_middleware.manifest import MANIFEST_NAME, ONNX_NAME, BaseModelIdentity, LMHeadFingerprint, sha256_file
+from deco_middleware.manifest import FORMAT_VERSION, MANIFEST_NAME, ONNX_NAME, BaseModelIdentity, LMHeadFingerprint, sha256_file
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -224,13 +224,13 @@ def test_oversized_model_sizes_are_refused_before_any_allocation(heads_dir):
 # -- item 4: the format-version gate cannot be bypassed by type ---------------------------------------
 
 
-@pytest.mark.parametrize("version", ["2", 2.0, "2.0", 1e300, "inf"])
+@pytest.mark.parametrize("version", [str(FORMAT_VERSION + 1), FORMAT_VERSION + 1.0, f"{FORMAT_VERSION + 1}.0", 1e300, "inf"])
 def test_a_newer_version_of_any_type_is_refused_as_newer(heads_dir, version):
     manifest = read_manifest(heads_dir)
     manifest["format_version"] = version
     write_manifest(heads_dir, manifest)
     message = load_error(heads_dir, ManifestVersionError)
-    assert "not an integer and reads as newer than 1" in message and "pip install -U deco-middleware" in message
+    assert f"not an integer and reads as newer than {FORMAT_VERSION}" in message and "pip install -U deco-middleware" in message
 
 
 @pytest.mark.parametrize("version", ["1", 1.0, True, None, [2], "two"])

@@ -16,7 +16,7 @@ import typer
 
 from ..errors import DecoError
 from .app import _fail, app, console
-from .cmd_train import _command_line, _floats, _load, train_app
+from .cmd_train import TempFeaturesOpt, _command_line, _floats, _load, train_app
 
 
 @train_app.command("rollouts")
@@ -84,6 +84,7 @@ def outcome_command(
     seed: Annotated[int, typer.Option()] = 0,
     max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
     recipe: Annotated[Optional[str], typer.Option(help="A name for this recipe, kept in the manifest.")] = None,
+    temperature_features: TempFeaturesOpt = "hidden",
 ) -> None:
     """Fit heads on graded rollouts with the outcome objective (and steering pairs when cached)."""
     from ..training import FeatureCache
@@ -97,7 +98,7 @@ def outcome_command(
                                reference_weight=reference_weight, train_top_p=train_top_p, steer_weight=steer_weight,
                                steer_margin=steer_margin, steer_margin_top_p=steer_margin_top_p,
                                pairs_per_step=pairs_per_step, validation_fraction=validation_fraction, seed=seed,
-                               max_steps=max_steps)
+                               max_steps=max_steps, temperature_features=temperature_features)
         result = fit_outcome(features, config)
         export_outcome_heads(result, features, config, out, command=command, recipe=recipe)
     except (DecoError, ValueError) as error:

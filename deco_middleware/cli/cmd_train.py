@@ -273,12 +273,12 @@ def cache_command(
 def _fit_options(heads: str, learning_rate: float, weight_decay: float, batch_tokens: int, epochs: int,
                  max_steps: Optional[int], seed: int, validation_fraction: float, checkpoint_every: int,
                  steepness: float, weighting: bool, easy_token_drop: float, top_p_grad_to_temperature: bool,
-                 soft_top_p_window: int) -> dict[str, Any]:
+                 soft_top_p_window: int, temperature_features: str = "hidden") -> dict[str, Any]:
     return dict(heads=heads, learning_rate=learning_rate, weight_decay=weight_decay, batch_tokens=batch_tokens,
                 epochs=epochs, max_steps=max_steps, seed=seed, validation_fraction=validation_fraction,
                 checkpoint_every=checkpoint_every, steepness=steepness, weighting=weighting,
                 easy_token_drop=easy_token_drop, top_p_grad_to_temperature=top_p_grad_to_temperature,
-                soft_top_p_window=soft_top_p_window)
+                soft_top_p_window=soft_top_p_window, temperature_features=temperature_features)
 
 
 HeadsOpt = Annotated[str, typer.Option("--heads", help="both | temperature | top_p")]
@@ -295,6 +295,10 @@ DropOpt = Annotated[float, typer.Option(min=0.0, max=0.99, help="Easy-token drop
 GradOpt = Annotated[bool, typer.Option("--top-p-grad-to-temperature/--no-top-p-grad-to-temperature")]
 WindowOpt = Annotated[int, typer.Option(min=0, help="Tokens whose cumulative mass the soft top-p loss sorts exactly; "
                                                     "the tail is integrated. 0 = full sort (exact, ~2x slower).")]
+TempFeaturesOpt = Annotated[str, typer.Option(
+    "--temperature-features",
+    help="What the temperature head reads: hidden (the final-norm hidden state, the reference) or hidden+logit-stats "
+         "(that and max probability and entropy of softmax(raw logits); manifest heads.temperature_features).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint in the work dir.")]
 
 
@@ -322,13 +326,15 @@ def fit_command(
     easy_token_drop: DropOpt = 0.6,
     top_p_grad_to_temperature: GradOpt = True,
     soft_top_p_window: WindowOpt = 1024,
+    temperature_features: TempFeaturesOpt = "hidden",
 ) -> None:
     """Train the heads on a cache (AdamW, seeded, resumable) and export them."""
     command = _command_line("fit", dict(locals()))
     try:
         _run_fit(cache, out, work_dir, resume, command, sources=sources, recipe=recipe, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
-            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window))
+            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window,
+            temperature_features))
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 
@@ -366,6 +372,7 @@ def all_command(
     easy_token_drop: DropOpt = 0.6,
     top_p_grad_to_temperature: GradOpt = True,
     soft_top_p_window: WindowOpt = 1024,
+    temperature_features: TempFeaturesOpt = "hidden",
 ) -> None:
     """data -> cache -> fit -> export, with the model loaded once."""
     command = _command_line("all", dict(locals()))
@@ -379,6 +386,7 @@ def all_command(
                    sources=sources)
         _run_fit(work / "cache", out, work / "fit", resume, command, **_fit_options(
             heads, learning_rate, weight_decay, batch_tokens, epochs, max_steps, seed, validation_fraction,
-            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window))
+            checkpoint_every, steepness, weighting, easy_token_drop, top_p_grad_to_temperature, soft_top_p_window,
+            temperature_features))
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))

@@ -10,7 +10,7 @@ anything it cannot parse as a malformed file.
 
 from __future__ import annotations
 
-__all__ = ["MalformedOnnxError", "external_tensor_names"]
+__all__ = ["MalformedOnnxError", "external_tensor_names", "initializer_dims"]
 
 # Field numbers from onnx.proto: which sub-messages to visit inside each message kind.
 _CHILDREN: dict[str, dict[int, str]] = {
@@ -23,7 +23,8 @@ _CHILDREN: dict[str, dict[int, str]] = {
     "sparse": {1: "tensor", 2: "tensor"},
     "tensor": {},
 }
-_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_TENSOR_DIMS, _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 1, 8, 13, 14
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
 _EXTERNAL = 1
 # Subgraphs nest (If/Loop bodies); no real heads graph goes this deep, and a bound keeps hostile input cheap.
 MAX_NESTING = 32
@@ -94,4 +95,29 @@ def external_tensor_names(data: bytes) -> list[str]:
                 stack.append((child, value[0], value[1], depth + 1))
         if external:
             found.append(name or "<unnamed>")
+    return found
+
+
+def initializer_dims(data: bytes, names: set[str]) -> dict[str, list[int]]:
+    """Shapes of the main graph's initializers called one of ``names`` (absent names are left out)."""
+    found: dict[str, list[int]] = {}
+    for field, wire, value in _fields(data, 0, len(data)):
+        if field != _MODEL_GRAPH or wire != 2:
+            continue
+        for g_field, g_wire, g_value in _fields(data, *value):
+            if g_field != _GRAPH_INITIALIZER or g_wire != 2:
+                continue
+            name, dims = "", []
+            for t_field, t_wire, t_value in _fields(data, *g_value):
+                if t_field == _TENSOR_NAME and t_wire == 2:
+                    name = bytes(data[t_value[0]:t_value[1]]).decode("utf-8", "replace")
+                elif t_field == _TENSOR_DIMS and t_wire == 0:
+                    dims.append(t_value)
+                elif t_field == _TENSOR_DIMS and t_wire == 2:  # packed
+                    pos, end = t_value
+                    while pos < end:
+                        dim, pos = _varint(data, pos, end)
+                        dims.append(dim)
+            if name in names:
+                found[name] = dims
     return found

@@ -16,7 +16,6 @@ from ..fingerprint import LEGACY_METHODS, fingerprint_distance, fingerprints_mat
 from ..fingerprint import METHOD as FINGERPRINT_METHOD
 from ..fingerprint import RTOL as FINGERPRINT_RTOL
 from ..manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     ONNX_NAME,
     BaseModelIdentity,
@@ -24,6 +23,7 @@ from ..manifest import (
     HeadManifest,
     OnnxFile,
     atomic_write_bytes,
+    format_version_for,
     sha256_file,
 )
 
@@ -204,6 +204,7 @@ class DecodingHeads:
                 raise self._contract_error(
                     f"input `{arg.name}` has last dimension {shape[1]}, but the manifest says {size}"
                 )
+        self._check_layer_widths()
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
         if len(outputs) != 2 or set(names) != {io.temperature, io.top_p}:
@@ -215,20 +216,49 @@ class DecodingHeads:
             if shape and len(shape) != 1:  # [] means undeclared here; the probe checks what is computed
                 raise self._contract_error(f"output `{arg.name}` has shape {shape}, expected [batch]")
 
+    def _check_layer_widths(self) -> None:
+        """The first layers of both MLPs read as many inputs as the manifest's architecture says.
+
+        Checked on graphs built by :func:`export_heads` (its initializer names); a graph with other
+        names is judged by its IO and the probe alone.
+        """
+        from ._onnx_scan import initializer_dims
+
+        heads, hidden = self.manifest.heads, self.hidden_size
+        expected = {
+            "temp_head.0.wT": (hidden + heads.temperature_input_size_extra,
+                               f"heads.temperature_features {heads.temperature_features!r}"),
+            "top_p_head.0.wT": (hidden + (5 if heads.enhanced_features else 1),
+                                f"heads.enhanced_features {str(heads.enhanced_features).lower()}"),
+        }
+        found = initializer_dims(self._onnx_bytes, set(expected))
+        for name, (rows, declared) in expected.items():
+            dims = found.get(name)
+            if dims is not None and (len(dims) != 2 or dims[0] != rows):
+                what = "temperature" if name.startswith("temp") else "top-p"
+                raise self._contract_error(
+                    f"the {what} head's first layer `{name}` has shape {dims}, but {declared} with hidden size "
+                    f"{hidden} means {rows} inputs"
+                )
+
     def _probe(self) -> None:
         """Run the heads once on a fixed batch: one finite value per row, T in (0, max], P in (0, 1].
 
         Also checks what only running can show: each row's outputs depend on that row alone, and T does
         not move when only the logits change (the temperature head reads the hidden state alone, so a T
-        that follows the logits means the outputs are swapped or the graph is another one).
+        that follows the logits means the outputs are swapped or the graph is another one). With
+        ``temperature_features="hidden+logit-stats"`` T reads the logits through ``max_prob`` and
+        ``entropy``, which a permutation of the vocabulary leaves alone: T must not move under one.
         """
+        logit_stats = self.manifest.heads.temperature_features == "hidden+logit-stats"
         rng = np.random.default_rng(20251030)
         hidden = rng.standard_normal((_PROBE_ROWS, self.hidden_size)).astype(np.float32)
         logits = (4.0 * rng.standard_normal((_PROBE_ROWS, self.vocab_size))).astype(np.float32)
         try:
             temperature, top_p = self._run_session(hidden, logits)
             alone_t, alone_p = self._run_session(hidden[:1], logits[:1])
-            other_t, _ = self._run_session(hidden, logits[:, ::-1] * np.float32(0.5))
+            other_logits = np.ascontiguousarray(logits[:, ::-1]) if logit_stats else logits[:, ::-1] * np.float32(0.5)
+            other_t, _ = self._run_session(hidden, other_logits)
         except Exception as error:  # ORT's own exception types: a graph that cannot run on a valid batch
             raise self._contract_error(f"it fails on a probe batch ({_first_line(error)})") from error
         io = self.manifest.io
@@ -253,7 +283,13 @@ class DecodingHeads:
         if not (np.allclose(alone_t, temperature[:1], rtol=1e-4, atol=1e-6)
                 and np.allclose(alone_p, top_p[:1], rtol=1e-4, atol=1e-6)):
             raise self._contract_error("the outputs of one row change with the other rows of the batch")
-        if not np.allclose(other_t, temperature, rtol=1e-5, atol=1e-7):
+        if logit_stats:
+            if not np.allclose(other_t, temperature, rtol=1e-4, atol=1e-6):  # float32 sums in another order
+                raise self._contract_error(
+                    f"output `{io.temperature}` changes when the vocabulary is only permuted; with temperature_features "
+                    "'hidden+logit-stats' it reads the hidden state and the max probability and entropy of the logits"
+                )
+        elif not np.allclose(other_t, temperature, rtol=1e-5, atol=1e-7):
             raise self._contract_error(
                 f"output `{io.temperature}` changes when only the logits change; it must depend on the hidden "
                 f"state alone (are `{io.temperature}` and `{io.top_p}` swapped?)"
@@ -373,12 +409,13 @@ def export_heads(
         vocab_size=base_model.vocab_size,
         max_temperature=architecture.max_temperature,
         enhanced_features=architecture.enhanced_features,
+        temperature_features=architecture.temperature_features,
     )
     directory = Path(directory)
     onnx_path = directory / ONNX_NAME
     atomic_write_bytes(onnx_path, model.SerializeToString())
     manifest = HeadManifest(
-        format_version=FORMAT_VERSION,
+        format_version=format_version_for(architecture),
         base_model=base_model,
         heads=architecture,
         onnx=OnnxFile(file=ONNX_NAME, sha256=sha256_file(onnx_path), opset=OPSET),

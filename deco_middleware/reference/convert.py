@@ -413,8 +413,12 @@ def _inexpressible(architecture: HeadArchitecture) -> list[str]:
     if architecture.max_temperature != REFERENCE_MAX_TEMPERATURE:
         reasons.append(f"max_temperature={architecture.max_temperature} (the reference computes T = "
                        f"{REFERENCE_MAX_TEMPERATURE:g} * sigmoid)")
+    if architecture.temperature_features != "hidden":
+        reasons.append(f"temperature_features={architecture.temperature_features!r} (the reference's temperature head "
+                       "reads the hidden state alone; it has no input for statistics of the logits)")
     # Options added to the architecture after this exporter was written: only their defaults are the reference.
-    known = {"name", "temperature_hidden_size", "top_p_hidden_size", "enhanced_features", "max_temperature", "trained"}
+    known = {"name", "temperature_hidden_size", "top_p_hidden_size", "enhanced_features", "max_temperature", "trained",
+             "temperature_features"}
     for key, info in type(architecture).model_fields.items():
         if key not in known and getattr(architecture, key) != info.get_default(call_default_factory=True):
             reasons.append(f"{key}={getattr(architecture, key)!r} (the reference has no such option)")
@@ -455,7 +459,8 @@ def export_reference(
     if reasons:
         raise ReferenceCheckpointError(
             f"{loaded.directory} cannot be written in the reference format: {'; '.join(reasons)}. Only heads of the "
-            "reference architecture (both MLPs 256 wide, T = 2 * sigmoid) can be exported; retrain with the defaults."
+            "reference architecture (both MLPs 256 wide, T = 2 * sigmoid of the hidden state alone) can be exported; "
+            "retrain with the defaults."
         )
     weights, graph = onnx_head_weights(loaded.onnx_path)
     base_identity: BaseModelIdentity = loaded.manifest.base_model

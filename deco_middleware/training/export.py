@@ -53,6 +53,7 @@ def export_trained_heads(result: FitResult, cache: FeatureCache, config: TrainCo
         temperature_hidden_size=config.inner_size,
         top_p_hidden_size=config.inner_size,
         trained=config.loss.trained_names,
+        temperature_features=config.temperature_features,
     )
     description = description or (
         f"AutoDeco heads ({', '.join(config.loss.trained_names)}) for {cache.base_model.name}, trained with "

@@ -205,7 +205,7 @@ def autodeco_loss(
     scale = weight * kept
     zero = logits.new_zeros(())
     if config.trains_temperature:
-        temperature = heads.temp_head(hidden)
+        temperature = heads.temp_head(hidden, logits)
         log_probs = torch.log_softmax(logits / temperature.unsqueeze(-1), dim=-1)
         temperature_loss = (-(log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)) * scale).sum() / denominator
     else:

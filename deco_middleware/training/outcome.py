@@ -37,6 +37,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from .._deps import require
+from ..manifest import TEMPERATURE_FEATURES
 from .cache import FeatureCache
 from .data import TrainingDataError
 from .loss import LossConfig, autodeco_loss, soft_top_p_label_probability_windowed
@@ -69,6 +70,7 @@ class OutcomeConfig:
     seed: int = 0
     inner_size: int = 256
     max_steps: int | None = None
+    temperature_features: str = "hidden"  # or "hidden+logit-stats" (manifest `heads.temperature_features`)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -79,6 +81,9 @@ class OutcomeConfig:
             raise ValueError(f"`clip` has to be in (0, 1), got {self.clip!r} (PPO's usual 0.2).")
         if self.steer_margin < 0 or self.steer_margin_top_p < 0:
             raise ValueError("Steering margins have to be >= 0.")
+        if self.temperature_features not in TEMPERATURE_FEATURES:
+            raise ValueError(f"`temperature_features` must be one of {', '.join(TEMPERATURE_FEATURES)}, "
+                             f"got {self.temperature_features!r}.")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,7 +200,7 @@ def _tokens(cache: FeatureCache, indices: np.ndarray) -> tuple[Any, Any, Any]:
 
 
 def _head_log_prob(heads: Any, hidden: Any, logits: Any, labels: Any, config: OutcomeConfig) -> tuple[Any, Any, Any]:
-    temperature = heads.temp_head(hidden)
+    temperature = heads.temp_head(hidden, logits)
     if config.train_top_p:
         top_p = heads.top_p_head(hidden, logits, temperature)
         prob = soft_top_p_label_probability_windowed(logits, labels, temperature, top_p, config.top_p_steepness,
@@ -254,15 +259,16 @@ def steer_loss(heads: Any, cache: FeatureCache, plan: _Plan, triplets: list[tupl
     owner = torch.from_numpy(np.concatenate([np.full(len(plan.token_slices[m]), k) for k, m in enumerate(members)]))
     hidden = torch.from_numpy(np.asarray(cache.hidden[indices], dtype=np.float32))
     lengths = torch.bincount(owner, minlength=len(members)).float().clamp(min=1)
-    temperature = heads.temp_head(hidden)
+    wants_top_p = config.steer_margin_top_p > 0 and config.train_top_p
+    logits = cache.logits(hidden) if wants_top_p or heads.temperature_features != "hidden" else None
+    temperature = heads.temp_head(hidden, logits)
     mean_t = (torch.zeros(len(members)).index_add(0, owner, temperature) / lengths).view(-1, 3)
     loss = ranking_loss(mean_t[:, 1], mean_t[:, 0], config.steer_margin) + \
         ranking_loss(mean_t[:, 0], mean_t[:, 2], config.steer_margin)
     shift = (mean_t - mean_t[:, :1]).detach()
     stats = {"dT_low": float(shift[:, 1].mean()), "dT_high": float(shift[:, 2].mean()),
              "steer_consistency": float(((shift[:, 1] < 0) & (shift[:, 2] > 0)).float().mean())}
-    if config.steer_margin_top_p > 0 and config.train_top_p:
-        logits = cache.logits(hidden)
+    if wants_top_p:
         top_p = heads.top_p_head(hidden, logits, temperature)
         mean_p = (torch.zeros(len(members)).index_add(0, owner, top_p) / lengths).view(-1, 3)
         loss = loss + ranking_loss(mean_p[:, 1], mean_p[:, 0], config.steer_margin_top_p)
@@ -322,7 +328,8 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     torch.manual_seed(config.seed)
-    heads = AutoDecoHeads(cache.hidden.shape[1], inner_size=config.inner_size)
+    heads = AutoDecoHeads(cache.hidden.shape[1], inner_size=config.inner_size,
+                          temperature_features=config.temperature_features)
     parameters = list(heads.temp_head.parameters()) + (list(heads.top_p_head.parameters()) if config.train_top_p else [])
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     validation_before = validate(heads, cache, plan, config)
@@ -400,7 +407,7 @@ def export_outcome_heads(result: OutcomeFit, cache: FeatureCache, config: Outcom
         **(extra or {}),
     }
     architecture = HeadArchitecture(temperature_hidden_size=config.inner_size, top_p_hidden_size=config.inner_size,
-                                    trained=trained)
+                                    trained=trained, temperature_features=config.temperature_features)
     description = (f"AutoDeco heads for {cache.base_model.name}, trained on graded rollouts (objective "
                    f"{config.objective}{', with steering' if result.train_pairs else ''}).")
     return export_heads(result.heads.numpy_weights(), directory, base_model=cache.base_model,

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._deps import require
-from ..manifest import atomic_write_bytes
+from ..manifest import TEMPERATURE_FEATURES, atomic_write_bytes
 from ..progress import ProgressBar, ProgressCallback
 from .cache import FeatureCache
 from ..errors import TrainingDataError, TrainingInterrupted
@@ -50,6 +50,7 @@ class TrainConfig:
     validation_max_tokens: int = 4096
     checkpoint_every: int = 50
     inner_size: int = 256
+    temperature_features: str = "hidden"  # or "hidden+logit-stats" (manifest `heads.temperature_features`)
     sources: tuple[str, ...] | None = None
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -60,6 +61,9 @@ class TrainConfig:
             raise ValueError(f"`batch_tokens` and `epochs` have to be >= 1, got {self.batch_tokens}, {self.epochs}.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"`validation_fraction` has to be in [0, 1), got {self.validation_fraction!r}.")
+        if self.temperature_features not in TEMPERATURE_FEATURES:
+            raise ValueError(f"`temperature_features` must be one of {', '.join(TEMPERATURE_FEATURES)}, "
+                             f"got {self.temperature_features!r}.")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -207,7 +211,8 @@ def fit(
         total_steps = min(total_steps, config.max_steps)
 
     torch.manual_seed(config.seed)
-    heads = AutoDecoHeads(cache.hidden.shape[1], inner_size=config.inner_size)
+    heads = AutoDecoHeads(cache.hidden.shape[1], inner_size=config.inner_size,
+                          temperature_features=config.temperature_features)
     parameters = [p for name, p in heads.named_parameters()
                   if (name.startswith("temp_head") and config.loss.trains_temperature)
                   or (name.startswith("top_p_head") and config.loss.trains_top_p)]
@@ -217,7 +222,8 @@ def fit(
     checkpoint = Path(work_dir) / CHECKPOINT_NAME if work_dir is not None else None
     if checkpoint is not None and resume and checkpoint.is_file():
         state = _load_checkpoint(checkpoint)
-        if state["config"] != config.as_dict():
+        saved = {"temperature_features": "hidden", **state["config"]}  # checkpoints from before the option
+        if saved != config.as_dict():
             raise ValueError(
                 f"The checkpoint {checkpoint} was written with different settings; pass the same settings to resume, "
                 "or `--no-resume` (or delete the checkpoint) to start over."

@@ -339,3 +339,18 @@ def test_training_the_stats_head_moves_the_statistics_weights_and_matches_onnx(r
     t, p = heads.run(hidden.numpy(), logits.numpy())
     np.testing.assert_allclose(t, t_ref.numpy(), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(p, p_ref.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_torch_heads_built_from_a_logit_stats_artifact_equal_onnx_runtime(stats_dir: Path) -> None:
+    """The vLLM plugin's torch heads (built from the ONNX initializers) follow the declared architecture."""
+    from deco_middleware.heads.torch_artifact import torch_heads_from_artifact
+
+    heads = DecodingHeads.from_pretrained(stats_dir)
+    module = torch_heads_from_artifact(heads)
+    assert module.temperature_features == STATS
+    hidden, logits = random_inputs(3)
+    ort_t, ort_p = heads.run(hidden, logits)
+    with torch.no_grad():
+        t, p = module(torch.from_numpy(hidden), torch.from_numpy(logits))
+    np.testing.assert_allclose(t.numpy(), ort_t, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(p.numpy(), ort_p, rtol=RTOL, atol=ATOL)

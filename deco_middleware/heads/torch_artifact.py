@@ -72,7 +72,8 @@ def torch_heads_from_artifact(heads: DecodingHeads, *, device: "torch.device | s
     inner_size = int(weights["temp_head.mlp.0.weight"].shape[0])  # type: ignore[attr-defined]
     stored = weights.pop("max_temperature", None)
     max_temperature = heads.manifest.heads.max_temperature if stored is None else float(stored.reshape(-1)[0])  # type: ignore[attr-defined]
-    module = AutoDecoHeads(heads.hidden_size, inner_size=inner_size, max_temperature=max_temperature)
+    module = AutoDecoHeads(heads.hidden_size, inner_size=inner_size, max_temperature=max_temperature,
+                           temperature_features=heads.manifest.heads.temperature_features)
     state = {name: torch.from_numpy(value) for name, value in weights.items()}  # type: ignore[arg-type]
     module.load_state_dict(state, strict=True)
     module = module.to(device=device, dtype=torch.float32).eval()

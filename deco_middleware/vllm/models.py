@@ -19,7 +19,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import torch
+
+from .._deps import require
+
+require("vllm", purpose="The vLLM plugin", extra="vllm")  # a clean MissingDependencyError, not ModuleNotFoundError
+
+import torch  # noqa: E402
 
 from ..errors import IncompatibleHeadsError, UnsupportedArchitectureError
 from ..fingerprint import identity_from_lm_head

@@ -9,9 +9,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
-from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+from .._deps import require
+
+require("vllm", purpose="The vLLM plugin", extra="vllm")  # a clean MissingDependencyError, not ModuleNotFoundError
+
+from vllm import SamplingParams  # noqa: E402
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor  # noqa: E402
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates  # noqa: E402
 
 from ..errors import IgnoredSamplingWarning
 from ..sampling import DecodingSettings, LearnedPredictor, RowRandom, decode_step, draw

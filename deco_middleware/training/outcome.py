@@ -37,6 +37,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from .._deps import require
+from ..progress import ProgressBar, ProgressCallback
 from ..manifest import TEMPERATURE_FEATURES
 from .cache import FeatureCache
 from .data import TrainingDataError
@@ -307,8 +308,8 @@ def validate(heads: Any, cache: FeatureCache, plan: _Plan, config: OutcomeConfig
     return out
 
 
-def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None
-                ) -> OutcomeFit:
+def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None,
+                progress: bool | ProgressCallback | None = None) -> OutcomeFit:
     """Train fresh heads on ``cache`` with the outcome objective (and steering when the cache has pairs).
 
     Seeded: the initial weights, the group order of each epoch and the pair order are drawn from
@@ -339,6 +340,7 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
     group_order: list[int] = []
     pair_order: list[int] = []
     trained_tokens = 0
+    bar = ProgressBar("outcome training", total_steps, progress=progress)
     for step in range(total_steps):
         heads.train()
         loss = torch.zeros(())
@@ -366,6 +368,7 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
             optimizer.step()
         record["loss"] = round(float(loss.detach()), 5)
         history.append(record)
+        bar.update(completed=step + 1, info=f"loss {record['loss']:.4f}" + (f" T {record['T']:.3f}" if "T" in record else ""))
         if on_log is not None:
             on_log(record)
     heads.eval()

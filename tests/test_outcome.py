@@ -155,6 +155,20 @@ def test_ppo_surrogate_clips_in_the_direction_of_the_advantage() -> None:
     assert log_prob.grad.tolist()[0] == 0.0 and log_prob.grad.tolist()[1] > 0 and log_prob.grad.tolist()[2] == 0.0
 
 
+def test_dual_clip_caps_a_negative_advantage_tokens_loss() -> None:
+    # rho = 100 (a rare behaviour token the heads like): plain PPO's loss is 100 |A| with full gradient.
+    log_prob = torch.tensor([np.log(100.0), np.log(100.0), np.log(2.0)], requires_grad=True)
+    advantage = torch.tensor([-1.0, 1.0, -1.0])
+    plain = ppo_surrogate(log_prob, torch.zeros(3), advantage, clip=0.2)
+    assert plain.detach().tolist() == pytest.approx([100.0, -1.2, 2.0])
+    capped = ppo_surrogate(log_prob, torch.zeros(3), advantage, clip=0.2, dual_clip=3.0)
+    assert capped.detach().tolist() == pytest.approx([3.0, -1.2, 2.0])  # below the cap: unchanged
+    capped.sum().backward()
+    assert log_prob.grad.tolist()[0] == 0.0 and log_prob.grad.tolist()[2] > 0
+    with pytest.raises(ValueError, match="dual_clip"):
+        OutcomeConfig(dual_clip=0.5)
+
+
 def test_the_outcome_objective_lowers_its_loss_and_is_seeded() -> None:
     cache = _rollout_cache()
     config = OutcomeConfig(learning_rate=3e-3, epochs=15, groups_per_step=4, validation_fraction=0.0, seed=5,

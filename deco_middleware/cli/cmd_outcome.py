@@ -73,6 +73,7 @@ def outcome_command(
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     groups_per_step: Annotated[int, typer.Option(min=1)] = 4,
     clip: Annotated[float, typer.Option()] = 0.2,
+    dual_clip: Annotated[float, typer.Option(help="Cap of a negative-advantage token's loss, c * |A| (dual-clip PPO; 0 = off).")] = 3.0,
     rare_bonus: Annotated[float, typer.Option(help="Extra reward for solving a rarely solved prompt (pass@k).")] = 0.0,
     reference_weight: Annotated[float, typer.Option(help="Weight of the AutoDeco loss on correct draws (anchor).")] = 0.0,
     train_top_p: Annotated[bool, typer.Option("--top-p/--no-top-p", help="Train the top-p head too.")] = True,
@@ -94,7 +95,7 @@ def outcome_command(
     try:
         features = FeatureCache.open(cache)
         config = OutcomeConfig(objective=objective, learning_rate=learning_rate, epochs=epochs,  # type: ignore[arg-type]
-                               groups_per_step=groups_per_step, clip=clip, rare_bonus=rare_bonus,
+                               groups_per_step=groups_per_step, clip=clip, dual_clip=dual_clip, rare_bonus=rare_bonus,
                                reference_weight=reference_weight, train_top_p=train_top_p, steer_weight=steer_weight,
                                steer_margin=steer_margin, steer_margin_top_p=steer_margin_top_p,
                                pairs_per_step=pairs_per_step, validation_fraction=validation_fraction, seed=seed,

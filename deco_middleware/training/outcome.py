@@ -58,6 +58,11 @@ class OutcomeConfig:
     epochs: int = 4
     groups_per_step: int = 4
     clip: float = 0.2
+    # Dual clip (Ye et al. 2020): a negative-advantage token's loss is capped at dual_clip * |A|. Off
+    # policy, rho = pi_heads / pi_b is unbounded (a rare token drawn at T_b = 0.3 that the heads give
+    # 100x the mass), and without the cap a few such tokens dominate the loss (measured: 7.9e8 at the
+    # first step on real rollouts). 0 turns it off.
+    dual_clip: float = 3.0
     rare_bonus: float = 0.0
     reference_weight: float = 0.0
     train_top_p: bool = True
@@ -80,6 +85,8 @@ class OutcomeConfig:
             raise ValueError("`learning_rate` must be > 0 and `epochs`, `groups_per_step`, `pairs_per_step` >= 1.")
         if not 0 < self.clip < 1:
             raise ValueError(f"`clip` has to be in (0, 1), got {self.clip!r} (PPO's usual 0.2).")
+        if self.dual_clip != 0 and not self.dual_clip > 1:
+            raise ValueError(f"`dual_clip` has to be > 1 (usually 3) or 0 (off), got {self.dual_clip!r}.")
         if self.steer_margin < 0 or self.steer_margin_top_p < 0:
             raise ValueError("Steering margins have to be >= 0.")
         if self.temperature_features not in TEMPERATURE_FEATURES:
@@ -131,11 +138,18 @@ def shaped_rewards(correct: np.ndarray, counts: np.ndarray, rare_bonus: float) -
     return correct * (1.0 + rare_bonus * (1.0 - share))
 
 
-def ppo_surrogate(log_prob: Any, old_log_prob: Any, advantage: Any, clip: float) -> Any:
-    """Per-token clipped surrogate *loss* ``-min(rho A, clip(rho) A)`` (minimise it)."""
+def ppo_surrogate(log_prob: Any, old_log_prob: Any, advantage: Any, clip: float, dual_clip: float = 0.0) -> Any:
+    """Per-token clipped surrogate *loss* ``-min(rho A, clip(rho) A)`` (minimise it).
+
+    With ``dual_clip = c > 1``, where ``A < 0`` the surrogate is floored at ``c * A`` (dual-clip PPO):
+    the loss of one token is at most ``c * |A|`` and carries no gradient beyond it.
+    """
     ratio = torch.exp(log_prob - old_log_prob)
     clipped = ratio.clamp(1.0 - clip, 1.0 + clip)
-    return -torch.minimum(ratio * advantage, clipped * advantage)
+    surrogate = torch.minimum(ratio * advantage, clipped * advantage)
+    if dual_clip:
+        surrogate = torch.where(advantage < 0, torch.maximum(surrogate, dual_clip * advantage), surrogate)
+    return -surrogate
 
 
 def ranking_loss(lower: Any, higher: Any, margin: float) -> Any:
@@ -232,7 +246,8 @@ def group_loss(heads: Any, cache: FeatureCache, plan: _Plan, groups: list[list[i
     with torch.no_grad():
         old = behaviour_log_prob(logits, labels, behaviour_t)
     log_prob, temperature, top_p = _head_log_prob(heads, hidden, logits, labels, config)
-    per_token = ppo_surrogate(log_prob, old, torch.from_numpy(advantages).float()[owner_t], config.clip)
+    per_token = ppo_surrogate(log_prob, old, torch.from_numpy(advantages).float()[owner_t], config.clip,
+                              config.dual_clip)
     lengths = torch.bincount(owner_t, minlength=len(members)).float()
     per_record = torch.zeros(len(members)).index_add(0, owner_t, per_token) / lengths.clamp(min=1)
     weights = torch.from_numpy(counts).float()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +33,8 @@ import numpy as np
 
 from .._deps import require
 from ..errors import GenaiModelError, MissingHiddenStateOutputError
-from ..fingerprint import identity_from_lm_head, matrix_row_reader
 from ..manifest import BaseModelIdentity, LMHeadFingerprint
-from ..ort.graph import lm_head_weight
-from ..ort.runtime import StepOutputs
+from ..ort.runtime import LMHeadIdentity, StepOutputs
 
 GENAI_CONFIG_NAME = "genai_config.json"
 GENAI_EXPORT_INFO_NAME = "deco_genai.json"
@@ -65,7 +62,7 @@ class GenaiCache:
     batch_size: int
 
 
-class GenaiCausalLM:
+class GenaiCausalLM(LMHeadIdentity):
     """A folder built by ``deco export-lm --format genai`` (or genai's builder with hidden states), on genai.
 
     Args:
@@ -133,33 +130,11 @@ class GenaiCausalLM:
 
     # -- identity --------------------------------------------------------------------------------
 
-    @cached_property
-    def lm_head_weight(self) -> np.ndarray:
-        """``[vocab, hidden]``, read from the weights genai runs (not from the export metadata)."""
-        return lm_head_weight(self.onnx_path)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.lm_head_weight.shape[0])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.lm_head_weight.shape[1])
-
     def identity(self, name: str | None = None) -> BaseModelIdentity:
         """Sizes and LM-head fingerprint of the weights inside the genai model (what the heads are checked against)."""
-        weight = self.lm_head_weight
         recorded = self.export_info.get("base_model", {})
-        if self._fingerprint is None:  # one pass over the memory-mapped matrix per loaded model
-            self._fingerprint = identity_from_lm_head(
-                matrix_row_reader(weight), weight.shape[0], weight.shape[1], name="-", architecture="-"
-            ).lm_head_fingerprint
-        return identity_from_lm_head(
-            matrix_row_reader(weight), weight.shape[0], weight.shape[1],
-            name=name or recorded.get("name") or self.directory.name,
-            architecture=str(recorded.get("architecture") or self.genai_config.get("model", {}).get("type", "unknown")),
-            fingerprint=self._fingerprint,
-        )
+        architecture = recorded.get("architecture") or self.genai_config.get("model", {}).get("type", "unknown")
+        return self._lm_head_identity(name or recorded.get("name") or self.directory.name, str(architecture))
 
     def lm_head_residual(self, logits: np.ndarray, hidden: np.ndarray) -> float:
         """max |logits - h @ W^T| over the given rows (``[rows, vocab]``, ``[rows, hidden]``)."""

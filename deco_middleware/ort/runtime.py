@@ -69,7 +69,37 @@ def position_ids_for(attention_mask: np.ndarray) -> np.ndarray:
     return np.where(attention_mask == 0, 1, positions).astype(np.int64)
 
 
-class OnnxCausalLM:
+class LMHeadIdentity:
+    """The LM-head identity of an ONNX model whose weights sit in ``self.onnx_path`` (our ORT export, a
+    genai build): sizes and the fingerprint, computed once per loaded model from the memory-mapped matrix."""
+
+    onnx_path: Path
+    _fingerprint: LMHeadFingerprint | None = None
+
+    @cached_property
+    def lm_head_weight(self) -> np.ndarray:
+        """``[vocab, hidden]``, memory-mapped from the weights the runtime runs (read lazily)."""
+        return lm_head_weight(self.onnx_path)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.lm_head_weight.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.lm_head_weight.shape[1])
+
+    def _lm_head_identity(self, name: str, architecture: str) -> BaseModelIdentity:
+        weight = self.lm_head_weight
+        if self._fingerprint is None:  # one pass over the memory-mapped matrix per loaded model
+            self._fingerprint = identity_from_lm_head(
+                matrix_row_reader(weight), weight.shape[0], weight.shape[1], name="-", architecture="-"
+            ).lm_head_fingerprint
+        return identity_from_lm_head(matrix_row_reader(weight), weight.shape[0], weight.shape[1],
+                                     name=name, architecture=architecture, fingerprint=self._fingerprint)
+
+
+class OnnxCausalLM(LMHeadIdentity):
     """A causal LM exported by :func:`deco_middleware.ort.export_lm`, run with ONNX Runtime on numpy.
 
     Args:
@@ -127,33 +157,11 @@ class OnnxCausalLM:
 
     # -- identity --------------------------------------------------------------------------------
 
-    @cached_property
-    def lm_head_weight(self) -> np.ndarray:
-        """``[vocab, hidden]``, memory-mapped from the exported weights (read lazily)."""
-        return lm_head_weight(self.onnx_path)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.lm_head_weight.shape[0])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.lm_head_weight.shape[1])
-
     def identity(self, name: str | None = None) -> BaseModelIdentity:
         """Sizes and LM-head fingerprint, computed from the weights inside the exported ONNX file."""
-        weight = self.lm_head_weight
         architectures = self.config.get("architectures") or ["unknown"]
         recorded = self.export_info.get("base_model", {}).get("name")
-        if self._fingerprint is None:  # one pass over the memory-mapped matrix per loaded model
-            self._fingerprint = identity_from_lm_head(
-                matrix_row_reader(weight), weight.shape[0], weight.shape[1], name="-", architecture="-"
-            ).lm_head_fingerprint
-        return identity_from_lm_head(
-            matrix_row_reader(weight), weight.shape[0], weight.shape[1],
-            name=name or recorded or self.directory.name, architecture=str(architectures[0]),
-            fingerprint=self._fingerprint,
-        )
+        return self._lm_head_identity(name or recorded or self.directory.name, str(architectures[0]))
 
     # -- forward passes --------------------------------------------------------------------------
 

@@ -14,6 +14,12 @@ shared machine are noisy; the ratio of interleaved medians much less so.
   plain is the same loop with a static T=0.7 / P=0.9 through the same (sort-free) filter code, so
   this ratio is the heads' own cost on top of an already fast static filter, not a comparison with
   Hugging Face's warpers (there are none in a torch-free app).
+- ``vllm``: one offline ``vllm.LLM`` with the plugin (:mod:`deco_middleware.vllm`); plain is vLLM's
+  own sampler at T=0.7 / P=0.9, learned the same requests with ``extra_args={"deco": {}}``. Both
+  seed every request and ignore EOS; a third path, vLLM at T=0.7 with no top-p (its cheapest
+  sampling), is timed in the same rotation. The plugin's counters prove every learned row-step went
+  through the heads. The wrapper's ``compute_logits`` runs on the plain path too (it does nothing
+  without opted-in rows), so the ratio is the cost of the heads and the step, not of the wrapper.
 
 ``heads_step_us`` splits one step's extra cost into its parts, per backend and batch size, measured
 on the real last-position hidden states and logits of the benchmark prompts.
@@ -46,7 +52,7 @@ BENCH_PROMPTS = (
 )
 PLAIN_TEMPERATURE, PLAIN_TOP_P = 0.7, 0.9
 PLAIN_SAMPLING = {"do_sample": True, "temperature": PLAIN_TEMPERATURE, "top_p": PLAIN_TOP_P, "top_k": 0}
-BACKENDS = ("torch", "optimum", "ort", "genai")
+BACKENDS = ("torch", "optimum", "ort", "genai", "vllm")
 
 Progress = Callable[[str], None]
 
@@ -72,34 +78,36 @@ def _median_us(function: Callable[[], Any], repeats: int) -> float:
 
 
 def _interleaved(
-    plain: Callable[[int], Any], learned: Callable[[int], Any], repeats: int, label: str, progress: Progress | None
-) -> dict[str, float]:
-    """Median wall and process-CPU seconds of ``plain`` and ``learned``, alternating which goes first.
+    plain: Callable[[int], Any], learned: Callable[[int], Any], repeats: int, label: str, progress: Progress | None,
+    **others: Callable[[int], Any],
+) -> dict[str, Any]:
+    """Median wall and process-CPU seconds of ``plain`` and ``learned`` (and any ``others``), rotating
+    which goes first.
 
     Each call gets the repeat index (for seeding). CPU time is reported next to wall time because on
     a machine shared with other jobs the wall time also counts the time this process waited for a core.
     """
-    plain(0)  # warm-up both paths once
-    learned(0)
-    wall: dict[str, list[float]] = {"plain": [], "learned": []}
-    cpu: dict[str, list[float]] = {"plain": [], "learned": []}
+    functions = {"plain": plain, "learned": learned, **others}
+    for function in functions.values():  # warm-up every path once
+        function(0)
+    wall: dict[str, list[float]] = {name: [] for name in functions}
+    cpu: dict[str, list[float]] = {name: [] for name in functions}
+    names = list(functions)
     for repeat in range(repeats):
-        order = (("plain", plain), ("learned", learned))
-        for name, function in order if repeat % 2 == 0 else reversed(order):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
             start, start_cpu = time.perf_counter(), time.process_time()
-            function(repeat)
+            functions[name](repeat)
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
         if progress:
             progress(f"{label}: repeat {repeat + 1}/{repeats}")
-    return {
-        "plain_s": statistics.median(wall["plain"]),
-        "learned_s": statistics.median(wall["learned"]),
-        "plain_cpu_s": statistics.median(cpu["plain"]),
-        "learned_cpu_s": statistics.median(cpu["learned"]),
-        "plain_all_s": wall["plain"],
-        "learned_all_s": wall["learned"],
-    }
+    out: dict[str, Any] = {}
+    for name in names:
+        out[f"{name}_s"] = statistics.median(wall[name])
+        out[f"{name}_cpu_s"] = statistics.median(cpu[name])
+        out[f"{name}_all_s"] = wall[name]
+    return out
 
 
 def _run_row(backend: str, batch: int, new_tokens: int, repeats: int, timing: dict[str, Any]) -> dict[str, Any]:
@@ -334,6 +342,82 @@ def bench_ort(
     return runs, costs
 
 
+def vllm_decoded_rows(llm: Any) -> tuple[int, int]:
+    """The plugin's counters in the engine's worker: opted-in row-steps decoded by the learned step, and
+    those left to vLLM's sampler (each logged as an error)."""
+
+    def counters(_model: Any) -> tuple[int, int]:
+        from .vllm.runtime import STEP
+
+        return STEP.decoded_rows, STEP.missed_rows
+
+    decoded, missed = llm.apply_model(counters)[0]
+    return int(decoded), int(missed)
+
+
+def bench_vllm(
+    llm: Any,
+    *,
+    batch_sizes: Sequence[int],
+    new_tokens: int,
+    repeats: int,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Runs of one offline vLLM engine with the plugin: vLLM's own sampler (T=0.7, P=0.9) against the
+    same requests with ``extra_args={"deco": {}}`` (the heads, the one decoding step, a one-token
+    distribution handed back to vLLM's sampler).
+
+    Both paths give every request its own seed and ``ignore_eos=True``, so every row decodes exactly
+    ``new_tokens`` tokens. Each learned run is checked against the plugin's counters: every one of its
+    row-steps must have gone through the heads, or the ratio would time something else.
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from .errors import DecoError
+    from .hf.chat import chat_prompt_ids
+    from .vllm.settings import EXTRA_ARGS_KEY
+
+    tokenizer = llm.get_tokenizer()
+    runs = []
+    for batch in batch_sizes:
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in chat_prompt_ids(tokenizer, bench_prompts(batch))]
+        common = {"max_tokens": new_tokens, "ignore_eos": True}
+
+        def plain(repeat: int) -> None:
+            params = [SamplingParams(temperature=PLAIN_TEMPERATURE, top_p=PLAIN_TOP_P, seed=repeat * 1000 + i, **common)
+                      for i in range(batch)]
+            llm.generate(prompts, params, use_tqdm=False)
+
+        def learned(repeat: int) -> None:
+            params = [SamplingParams(seed=repeat * 1000 + i, extra_args={EXTRA_ARGS_KEY: {}}, **common)
+                      for i in range(batch)]
+            llm.generate(prompts, params, use_tqdm=False)
+
+        def temperature_only(repeat: int) -> None:  # vLLM's cheapest sampling path: no top-p sort
+            params = [SamplingParams(temperature=PLAIN_TEMPERATURE, top_p=1.0, seed=repeat * 1000 + i, **common)
+                      for i in range(batch)]
+            llm.generate(prompts, params, use_tqdm=False)
+
+        before, missed_before = vllm_decoded_rows(llm)
+        timing = _interleaved(plain, learned, repeats, f"vllm batch {batch}", progress, temperature_only=temperature_only)
+        after, missed_after = vllm_decoded_rows(llm)
+        expected = (repeats + 1) * batch * new_tokens  # the warm-up run included
+        if after - before != expected or missed_after != missed_before:
+            raise DecoError(
+                f"The vLLM plugin decoded {after - before} of the {expected} learned row-steps at batch {batch} "
+                f"({missed_after - missed_before} left to vLLM's sampler); the engine log says why (e.g. no heads fit "
+                "the model). Use --heads default or heads made for this model."
+            )
+        row = _run_row("vllm", batch, new_tokens, repeats, timing)
+        row["learned_row_steps"] = after - before
+        row["temperature_only_tokens_per_s"] = batch * new_tokens / timing["temperature_only_s"]
+        row["time_ratio_vs_temperature_only"] = timing["learned_s"] / timing["temperature_only_s"]
+        row["temperature_only_wall_s"] = [round(v, 4) for v in timing["temperature_only_all_s"]]
+        runs.append(row)
+    return runs, {}
+
+
 def run_bench(
     model: Any,
     tokenizer: Any,
@@ -350,6 +434,7 @@ def run_bench(
     skipped: dict[str, str] | None = None,
     genai_lm: Any = None,
     genai_tokenizer: Any = None,
+    vllm_llm: Any = None,
 ) -> dict[str, Any]:
     """Interleaved plain-vs-learned timings and per-step costs for every backend given.
 
@@ -358,11 +443,13 @@ def run_bench(
     ``ChatTokenizer`` for the ORT backend (``None`` skips it). ``optimum_model`` /
     ``optimum_tokenizer``: an ``ORTModelForCausalLMWithHiddenStates`` and its tokenizer for the
     Optimum backend (``None`` skips it). ``genai_lm`` / ``genai_tokenizer``: a ``GenaiCausalLM`` and its
-    ``ChatTokenizer`` for the onnxruntime-genai backend (``None`` skips it). ``skipped`` records why a
-    backend was left out.
+    ``ChatTokenizer`` for the onnxruntime-genai backend (``None`` skips it). ``vllm_llm``: an offline
+    ``vllm.LLM`` started with the plugin (:func:`deco_middleware.vllm.generate.offline_engine`; ``None``
+    skips it). ``skipped`` records why a backend was left out.
     """
-    if model is None and ort_lm is None and optimum_model is None and genai_lm is None:
-        raise ValueError("Nothing to benchmark: pass a torch `model`, an `optimum_model`, an `ort_lm`, a `genai_lm`, or several.")
+    if model is None and ort_lm is None and optimum_model is None and genai_lm is None and vllm_llm is None:
+        raise ValueError("Nothing to benchmark: pass a torch `model`, an `optimum_model`, an `ort_lm`, a `genai_lm`, "
+                         "a `vllm_llm`, or several.")
     common = {"batch_sizes": batch_sizes, "new_tokens": new_tokens, "repeats": repeats, "progress": progress}
     runs: list[dict[str, Any]] = []
     costs: dict[str, dict[str, dict[str, float]]] = {}
@@ -391,6 +478,14 @@ def run_bench(
         backend_runs, costs["genai"] = bench_ort(genai_lm, genai_tokenizer, heads, backend="genai", **common)
         runs += backend_runs
         config["genai_model"] = str(getattr(genai_lm, "directory", ""))
+    if vllm_llm is not None:
+        import vllm
+
+        backend_runs, _ = bench_vllm(vllm_llm, **common)
+        runs += backend_runs
+        scheduler = getattr(getattr(getattr(vllm_llm, "llm_engine", None), "vllm_config", None), "scheduler_config", None)
+        config["vllm"] = {"version": vllm.__version__, "engine": "offline LLM.generate, in-process",
+                          "max_num_seqs": getattr(scheduler, "max_num_seqs", None)}
     config["load_average_end"] = list(os.getloadavg())
     return {"runs": runs, "heads_step_us": costs, "skipped": dict(skipped or {}), "config": config}
 
@@ -431,6 +526,14 @@ def to_markdown(result: dict[str, Any]) -> str:
         for genai, ort in pairs:
             lines.append(f"| {genai['batch']} | {genai['baseline_tokens_per_s'] / ort['baseline_tokens_per_s']:.2f} "
                          f"| {genai['autodeco_tokens_per_s'] / ort['autodeco_tokens_per_s']:.2f} |")
+    vllm_runs = [run for run in result["runs"] if "time_ratio_vs_temperature_only" in run]
+    if vllm_runs:
+        lines += ["", "vLLM: the learned pair against vLLM's own sampler at T=0.7 with no top-p (its cheapest "
+                  "sampling path; the table above compares with T=0.7, P=0.9):", "",
+                  "| batch | T-only tok/s | learned tok/s | time ratio vs T-only |", "|---|---|---|---|"]
+        for run in vllm_runs:
+            lines.append(f"| {run['batch']} | {run['temperature_only_tokens_per_s']:.1f} | "
+                         f"{run['autodeco_tokens_per_s']:.1f} | {run['time_ratio_vs_temperature_only']:.3f} |")
     config = result.get("config", {})
     if "load_average_start" in config:
         loads = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(config["load_average_start"], config["load_average_end"]))

@@ -148,13 +148,6 @@ class EngineStats:
 # -- the loop -------------------------------------------------------------------------------------------
 
 
-def _prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    from .hf.chat import chat_texts
-
-    texts, templated = chat_texts(tokenizer, list(prompts))
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=not templated)["input_ids"]]
-
-
 class _Stepper:
     """The model side: prefill, one decode step, dropping rows. Keeps the cache and attention mask."""
 
@@ -262,7 +255,9 @@ def iter_sample(
         getattr(model, "generation_config", None), tokenizer
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop, default=0)
-    token_ids = _prompt_ids(tokenizer, prompts)
+    from .hf.chat import chat_prompt_ids
+
+    token_ids = chat_prompt_ids(tokenizer, list(prompts))
     # Similar lengths together keep padding small; results do not depend on the grouping.
     order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
     per_group = max(1, max_rows // samples)

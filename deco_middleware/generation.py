@@ -42,8 +42,9 @@ def check_prompts_fit(model: Any, tokenizer: Any, prompts: list[str], max_new_to
     context = model_context(model)
     if context is None:
         return
-    texts, templated = chat_texts(tokenizer, prompts)
-    for name, ids in zip(names, tokenizer(texts, add_special_tokens=not templated)["input_ids"]):
+    from .hf.chat import chat_prompt_ids
+
+    for name, ids in zip(names, chat_prompt_ids(tokenizer, prompts)):
         check_prompt_fits(len(ids), max_new_tokens, context, what=name)
 
 

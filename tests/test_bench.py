@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -111,7 +112,19 @@ def test_cli_refuses_an_unknown_backend():
 
     result = typer_testing.CliRunner().invoke(app, ["bench", "--backend", "gpu"])
     assert result.exit_code == 2
-    assert "--backend takes `all` or a comma-separated list of torch, optimum, ort, genai; got 'gpu'" in " ".join(result.output.split())
+    assert ("--backend takes `all` or a comma-separated list of torch, optimum, ort, genai, vllm; got 'gpu'"
+            in " ".join(result.output.split()))
+
+
+def test_cli_bench_vllm_without_vllm_names_the_install_line():
+    typer_testing = pytest.importorskip("typer.testing")
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here (tests/test_vllm.py runs the backend)")
+    from deco_middleware.cli.app import app
+
+    result = typer_testing.CliRunner().invoke(app, ["bench", "--backend", "vllm"])
+    assert result.exit_code == 2, result.output
+    assert "vllm is not installed (pip install torch==2.13.0 && pip install 'deco-middleware[vllm]'" in " ".join(result.output.split())
 
 
 def test_optimum_backend_times_hf_generate_on_the_onnx_runtime_model(ort_pair):

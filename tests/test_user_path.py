@@ -177,6 +177,7 @@ def test_bf16_speed_is_stated_once_with_its_measurement():
 
 @pytest.mark.parametrize(("command", "blocked", "extra"), [
     (["train", "data", "--out", "{tmp}/d.jsonl"], "reasoning_gym", "train"),
+    (["train", "data", "--engine", "vllm", "--out", "{tmp}/d.jsonl"], "vllm", "vllm"),
     (["export-lm", "default", "{tmp}/onnx"], "optimum", "ort"),
 ])
 def test_commands_name_their_extra_before_loading_anything(command, blocked, extra, tmp_path, monkeypatch):
@@ -187,3 +188,11 @@ def test_commands_name_their_extra_before_loading_anything(command, blocked, ext
     result = runner.invoke(app, [part.format(tmp=tmp_path) for part in command])
     assert result.exit_code == 2, result.output
     assert f"pip install 'deco-middleware[{extra}]'" in _one_line(result.stderr) and calls == []
+
+
+def test_train_data_refuses_an_unknown_engine(tmp_path, monkeypatch):
+    calls = _refuse_loading(monkeypatch)
+    result = runner.invoke(app, ["train", "data", "--engine", "tgi", "--out", str(tmp_path / "d.jsonl")])
+    assert result.exit_code == 2, result.output
+    assert "`--engine` must be one of torch, vllm, got 'tgi'" in _one_line(result.output + (result.stderr or ""))
+    assert calls == [] and not (tmp_path / "d.jsonl").exists()

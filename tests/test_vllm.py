@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -299,3 +300,81 @@ def test_generate_backend_vllm_refuses_a_strategy_the_plugin_cannot_apply() -> N
 
     with pytest.raises(UnknownStrategyError, match=r"Strategy 'edt' is not available with --backend vllm"):
         sampling_params(parse_strategy("edt"), max_new_tokens=4, seed=0)
+
+
+# -- `deco bench --backend vllm` and `deco train data --engine vllm` (the CLI, in child processes) --------
+
+DATA_ARGS = ["--tasks", "products,chain_sum", "--prompts-per-task", "4", "--temperatures", "0.01",
+             "--samples-per-temperature", "2", "--max-new-tokens", "24", "--batch-size", "16", "--seed", "3",
+             "--unsolved", "drop"]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> dict:
+    """`deco bench --backend vllm` and `deco train data --engine vllm`, started together."""
+    tmp = tmp_path_factory.mktemp("vllm-cli")
+    commands = {
+        "bench": ["bench", "--backend", "vllm", "--batch-sizes", "1,3", "--new-tokens", "4", "--repeats", "1",
+                  "--json", str(tmp / "bench.json")],
+        "data": ["train", "data", "--engine", "vllm", "--out", str(tmp / "data.jsonl"), *DATA_ARGS],
+    }
+    running = {name: subprocess.Popen([sys.executable, "-m", "deco_middleware", *args], env=_child_env(), cwd=tmp,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, args in commands.items()}
+    done, failed = {}, []
+    try:
+        for name, process in running.items():
+            stdout, stderr = process.communicate(timeout=900)
+            done[name] = stdout
+            if process.returncode != 0:
+                failed.append(f"deco {' '.join(commands[name])} failed:\n{stderr[-4000:]}")
+    finally:
+        for process in running.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert not failed, "\n".join(failed)
+    return {"tmp": tmp, "stdout": done}
+
+
+def test_bench_backend_vllm_times_both_paths_and_proves_the_learned_rows_used_the_heads(cli_runs: dict) -> None:
+    result = json.loads((cli_runs["tmp"] / "bench.json").read_text())
+    runs = result["runs"]
+    assert [(r["backend"], r["batch"]) for r in runs] == [("vllm", 1), ("vllm", 3)]
+    for run in runs:
+        # warm-up + 1 repeat, every row-step of the learned runs decoded by the plugin's step
+        assert run["learned_row_steps"] == 2 * run["batch"] * 4
+        assert math.isfinite(run["time_ratio"]) and run["time_ratio"] > 0
+        assert len(run["baseline_wall_s"]) == len(run["autodeco_wall_s"]) == len(run["temperature_only_wall_s"]) == 1
+        assert math.isfinite(run["time_ratio_vs_temperature_only"]) and run["time_ratio_vs_temperature_only"] > 0
+    assert result["config"]["vllm"]["version"].startswith("0.32")
+    assert "| vllm | 3 |" in cli_runs["stdout"]["bench"]
+
+
+def test_train_data_engine_vllm_writes_the_torch_engines_records(cli_runs: dict, default_model) -> None:
+    """Same prompts, seeds, grader and format. At T=0.01 both samplers are near-greedy, so the
+    completions themselves agree too, up to near-ties between float32 vLLM and float32 transformers."""
+    from deco_middleware.training import SamplingConfig, read_jsonl, rejection_sample
+
+    out = cli_runs["tmp"] / "data.jsonl"
+    vllm_records = read_jsonl(out)  # what `deco train cache` reads
+    vllm_wrong = [json.loads(line) for line in out.with_name("data.wrong.jsonl").read_text().splitlines()]
+    summary = json.loads(out.with_name("data.summary.json").read_text())
+    assert summary["engine"] == "vllm" and summary["sampler"].startswith("vLLM 0.32")
+    config = SamplingConfig(tasks=("products", "chain_sum"), prompts_per_task=4, temperatures=(0.01,),
+                            samples_per_temperature=2, max_new_tokens=24, batch_size=16, seed=3, unsolved="drop")
+    wrong: list[dict] = []
+    torch_records, torch_summary = rejection_sample(*default_model, config, progress=False, wrong_out=wrong)
+    assert set(summary) == set(torch_summary) | {"engine", "model", "command"}
+    for task, counts in summary["tasks"].items():
+        assert counts["prompts"] == torch_summary["tasks"][task]["prompts"] == 4
+        assert counts["samples"] == torch_summary["tasks"][task]["samples"] == 8
+    for got, want in ((vllm_records, torch_records), (vllm_wrong, wrong)):
+        assert all(set(r) == set(want[0]) for r in got) and got
+        assert all(type(r[k]) is type(want[0][k]) for r in got for k in r)
+    # The same prompts under the same (task, index).
+    prompts = {(r["task"], r["index"]): r["prompt"] for r in torch_records + wrong}
+    assert all(prompts.get((r["task"], r["index"]), r["prompt"]) == r["prompt"] for r in vllm_records + vllm_wrong)
+    key = lambda r: (r["task"], r["index"], r["completion"], r["source"])  # noqa: E731
+    ours, theirs = {key(r) for r in vllm_records + vllm_wrong}, {key(r) for r in torch_records + wrong}
+    assert len(ours & theirs) >= 0.75 * len(ours | theirs), (sorted(ours - theirs), sorted(theirs - ours))

@@ -67,12 +67,21 @@ def _ort_unavailable(model: str) -> str | None:
     return None
 
 
+def _vllm_unavailable(model: str) -> str | None:
+    """Why the vLLM backend cannot run here, or ``None``."""
+    from .._deps import is_available
+
+    if not is_available("vllm"):
+        return "vllm is not installed (pip install torch==2.13.0 && pip install 'deco-middleware[vllm]'; see README, vLLM)"
+    return None
+
+
 @app.command()
 def bench(
     model: Annotated[str, typer.Option(help="`default` or a local model folder.")] = "default",
     heads: Annotated[str, typer.Option(help="`default`, a shipped name, or a path.")] = "default",
     backend: Annotated[
-        str, typer.Option(help="Comma-separated: torch, optimum, ort, genai; or `all` (every available backend).")
+        str, typer.Option(help="Comma-separated: torch, optimum, ort, genai, vllm; or `all` (every available backend).")
     ] = "all",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16",
     new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -85,7 +94,8 @@ def bench(
     torch: Hugging Face generate() with its built-in warpers vs LearnedDecoding. optimum: the same on
     Optimum's ONNX Runtime model. ort: the torch-free ONNX Runtime loop with a static T/P vs the same
     loop with the heads. genai: the same loop inside onnxruntime-genai's Generator (static vs heads), with its
-    tokens/s set against the ort loop's.
+    tokens/s set against the ort loop's. vllm: one offline vLLM engine with the plugin, vLLM's own sampler
+    vs the same requests opted in to the heads.
     """
     from ..bench import run_bench, to_markdown
 
@@ -102,7 +112,8 @@ def bench(
         return
     skipped: dict[str, str] = {}
     if backend == "all":  # skip what cannot run here; a backend asked for by name fails loudly instead
-        for name, check in (("optimum", _optimum_unavailable), ("ort", _ort_unavailable), ("genai", _genai_unavailable)):
+        for name, check in (("optimum", _optimum_unavailable), ("ort", _ort_unavailable), ("genai", _genai_unavailable),
+                            ("vllm", _vllm_unavailable)):
             reason = check(model)
             if reason:
                 skipped[name] = reason
@@ -137,10 +148,19 @@ def bench(
             genai_tokenizer = ChatTokenizer(genai_lm.directory)
             if loaded is None:
                 loaded = heads_for_identity(heads, genai_lm.identity())
+        vllm_llm = None
+        if "vllm" in chosen:
+            reason = _vllm_unavailable(model)
+            if reason:
+                raise DecoError(f"The vllm backend cannot run: {reason}.")
+            from ..vllm.generate import offline_engine
+
+            # The plugin picks and checks the heads itself, on the weights vLLM loaded (DECO_VLLM_HEADS).
+            vllm_llm = offline_engine(model, heads, max_num_seqs=max(sizes))
         result = run_bench(lm, tokenizer, loaded, batch_sizes=sizes, new_tokens=new_tokens, repeats=repeats,
                            ort_lm=ort_lm, ort_tokenizer=ort_tokenizer, optimum_model=optimum_model,
                            optimum_tokenizer=optimum_tokenizer, skipped=skipped,
-                           genai_lm=genai_lm, genai_tokenizer=genai_tokenizer,
+                           genai_lm=genai_lm, genai_tokenizer=genai_tokenizer, vllm_llm=vllm_llm,
                            progress=lambda message: console.print(message, style="dim"))
     except (DecoError, FileNotFoundError) as error:
         _fail(str(error))

@@ -20,6 +20,8 @@ ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M
 
 
 _OPTION_NAMES = {"learning_rate": "--lr"}
+# Who draws the samples of `deco train data`: the torch engine (deco_middleware.engine) or vLLM's sampler.
+DATA_ENGINES = ("torch", "vllm")
 
 
 def _command_line(stage: str, arguments: dict[str, Any]) -> str:
@@ -57,22 +59,35 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
 
 def _run_data(out: Path, model: str, tasks: str, prompts_per_task: int, temperatures: str,
               samples_per_temperature: int, max_new_tokens: int, batch_size: int, seed: int, unsolved: str,
-              loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None
-              ) -> tuple[Path, dict[str, Any], Any]:
+              loaded: Any = None, command: str = "", dtype: str = "float32", threads: Optional[int] = None,
+              engine: str = "torch") -> tuple[Path, dict[str, Any], Any]:
     from .._deps import require
     from ..training import SamplingConfig, rejection_sample, write_jsonl
 
+    if engine not in DATA_ENGINES:
+        raise typer.BadParameter(f"`--engine` must be one of {', '.join(DATA_ENGINES)}, got {engine!r}.")
     require("reasoning_gym", purpose="`deco train data` (training prompts)")  # before the model loads
     config = SamplingConfig(
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), prompts_per_task=prompts_per_task,
         temperatures=_floats(temperatures, "--temperatures"), samples_per_temperature=samples_per_temperature,
         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, unsolved=unsolved,  # type: ignore[arg-type]
     )
-    loaded = loaded or _load(model, dtype, threads)
     # Without a terminal (CI, nohup) the progress bar is silent: log one line per batch instead.
     log = None if console.is_terminal else console.log
     wrong: list[dict[str, Any]] = []
-    records, summary = rejection_sample(*loaded, config, progress=console.is_terminal, log=log, wrong_out=wrong)
+    if engine == "vllm":
+        if dtype != "float32":
+            raise typer.BadParameter("`--dtype` applies to the torch engine; with --engine vllm the engine runs float32.")
+        require("vllm", purpose="`deco train data --engine vllm`", extra="vllm")
+        from ..vllm.data import VllmSampler, data_engine
+
+        sampler = VllmSampler(data_engine(model, batch_size=batch_size))
+        records, summary = rejection_sample(None, None, config, progress=console.is_terminal, log=log,
+                                            wrong_out=wrong, sampler=sampler)
+    else:
+        loaded = loaded or _load(model, dtype, threads)
+        records, summary = rejection_sample(*loaded, config, progress=console.is_terminal, log=log, wrong_out=wrong)
+    summary["engine"] = engine
     summary["model"] = model
     summary["command"] = command
     write_jsonl(records, out)
@@ -235,12 +250,15 @@ def data_command(
     unsolved: Annotated[str, typer.Option(help="Never-solved prompts: `drop` them or add the `reference` answer.")] = "reference",
     dtype: Annotated[str, typer.Option(help="Model dtype: float32 (load_model's default) or bfloat16.")] = "float32",
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
+    engine: Annotated[str, typer.Option(help="Who draws the samples: `torch` (this package's engine) or `vllm` "
+                                             "(vLLM's own sampler, batched by vLLM; needs deco-middleware[vllm]). "
+                                             "Same prompts, seeds, grader and record format.")] = "torch",
 ) -> None:
     """Rejection sampling: sample, grade with each task's scorer, keep the correct completions."""
     command = _command_line("data", dict(locals()))
     try:
         _run_data(out, model, tasks, prompts_per_task, temperatures, samples_per_temperature, max_new_tokens,
-                  batch_size, seed, unsolved, command=command, dtype=dtype, threads=threads)
+                  batch_size, seed, unsolved, command=command, dtype=dtype, threads=threads, engine=engine)
     except (DecoError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
 

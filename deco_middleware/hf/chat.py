@@ -17,6 +17,13 @@ def chat_texts(tokenizer: Any, prompts: list[str]) -> tuple[list[str], bool]:
     return list(prompts), False
 
 
+def chat_prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    """Each user message's token ids through the chat template (what every loop we drive, or hand
+    prompts to, decodes from: the engine, vLLM, the length checks)."""
+    texts, templated = chat_texts(tokenizer, list(prompts))
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=not templated)["input_ids"]]
+
+
 def chat_inputs(tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
     """Tokenize user messages through the chat template when the tokenizer has one (left padded)."""
     texts, templated = chat_texts(tokenizer, prompts)
@@ -24,4 +31,4 @@ def chat_inputs(tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
                           return_token_type_ids=False))
 
 
-__all__ = ["chat_inputs", "chat_texts"]
+__all__ = ["chat_inputs", "chat_prompt_ids", "chat_texts"]

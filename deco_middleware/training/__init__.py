@@ -11,6 +11,9 @@ Stages (each runnable alone, see ``deco train --help``):
 from .cache import CacheError, FeatureCache, build_cache, tokenize_record
 from .data import (
     TRAINING_TASKS,
+    CompletionSampler,
+    EngineSampler,
+    SampledText,
     SamplingConfig,
     TrainingDataError,
     make_problems,
@@ -32,9 +35,12 @@ from .trainer import FitResult, TrainConfig, TrainingInterrupted, evaluate, fit,
 
 __all__ = [
     "CacheError",
+    "CompletionSampler",
+    "EngineSampler",
     "FeatureCache",
     "FitResult",
     "LossConfig",
+    "SampledText",
     "SamplingConfig",
     "TRAINING_TASKS",
     "TrainConfig",

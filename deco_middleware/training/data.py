@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ..errors import TrainingDataError
 from ..jsonl import iter_jsonl
@@ -105,17 +105,65 @@ class SamplingConfig:
             raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
 
 
+@dataclass
+class SampledText:
+    """One completion as rejection sampling needs it: the text (no end-of-turn token) and whether
+    the model ended it (``False``: cut by ``max_new_tokens``)."""
+
+    text: str
+    finished: bool
+
+
+class CompletionSampler(Protocol):
+    """Where rejection sampling gets its completions: the torch engine (:class:`EngineSampler`) or
+    vLLM (:class:`deco_middleware.vllm.data.VllmSampler`). Both send every prompt through the model's
+    chat template, seed every sample on its own (``seeds[i][k]``) and stop at the model's EOS ids."""
+
+    description: str
+
+    def sample(self, prompts: Sequence[str], *, temperature: float, top_p: float, seeds: list[list[int]],
+               max_new_tokens: int, stats: Any) -> Iterator[tuple[int, list[SampledText]]]:
+        """Yield ``(prompt index, its samples)``; add to ``stats.generated_tokens`` / ``stats.prompt_tokens``."""
+        ...
+
+
+class EngineSampler:
+    """Rejection sampling on :func:`deco_middleware.engine.iter_sample` (a transformers model)."""
+
+    description = "deco_middleware.engine (one prefill per prompt and temperature, finished rows dropped)"
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def sample(self, prompts: Sequence[str], *, temperature: float, top_p: float, seeds: list[list[int]],
+               max_new_tokens: int, stats: Any) -> Iterator[tuple[int, list[SampledText]]]:
+        from ..engine import Static, iter_sample
+
+        for i, completions in iter_sample(
+            self.model, self.tokenizer, prompts, policy=Static(temperature, top_p), samples=len(seeds[0]),
+            seeds=seeds, max_new_tokens=max_new_tokens, max_rows=self.batch_size, stats=stats,
+        ):
+            yield i, [SampledText(c.text, c.finished) for c in completions]
+
+
 def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, progress: bool | ProgressCallback = True,
-                     log: Callable[[str], None] | None = None, wrong_out: list[dict[str, Any]] | None = None
-                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                     log: Callable[[str], None] | None = None, wrong_out: list[dict[str, Any]] | None = None,
+                     sampler: CompletionSampler | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sample, grade and keep correct completions. Returns (records, summary with per-task yield).
 
+    ``sampler`` draws the completions (default: :class:`EngineSampler` on ``model`` / ``tokenizer``,
+    which may then be ``None`` when a sampler is given). The records do not depend on it: the same
+    prompts, seeds, grader and record format whatever draws the samples.
     ``wrong_out``, when given, receives the distinct *wrong* samples as records too (``source``
     ``"sample-wrong"``), for the variant that trains on the model's own wrong samples as well.
     ``progress`` gets the "sampling" bar: a callback, or ``True``/``False`` (:func:`deco_middleware.progress.resolve`).
     """
-    from ..engine import EngineStats, Static, derive_seed, iter_sample
+    from ..engine import EngineStats, derive_seed
 
+    if sampler is None:
+        if model is None or tokenizer is None:
+            raise TrainingDataError("rejection_sample needs a model and tokenizer, or a `sampler`.")
+        sampler = EngineSampler(model, tokenizer, batch_size=config.batch_size)
     started = time.perf_counter()
     problems: list[Problem] = []
     scorers: dict[str, Any] = {}
@@ -137,10 +185,9 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
             # sample does not depend on the batch it ran in, the other tasks, or max_rows.
             seeds = [[derive_seed(config.seed, p.task, p.index, temperature, k)
                       for k in range(config.samples_per_temperature)] for p in problems]
-            for i, completions in iter_sample(
-                model, tokenizer, [p.prompt for p in problems], policy=Static(temperature, config.top_p),
-                samples=config.samples_per_temperature, seeds=seeds, max_new_tokens=config.max_new_tokens,
-                max_rows=config.batch_size, stats=stats,
+            for i, completions in sampler.sample(
+                [p.prompt for p in problems], temperature=temperature, top_p=config.top_p, seeds=seeds,
+                max_new_tokens=config.max_new_tokens, stats=stats,
             ):
                 problem = problems[i]
                 for completion in completions:
@@ -191,7 +238,7 @@ def rejection_sample(model: Any, tokenizer: Any, config: SamplingConfig, *, prog
         "samples": sum(y.samples for y in yields.values()),
         "generated_tokens": generated_tokens,
         "prompt_tokens": stats.prompt_tokens,
-        "sampler": "deco_middleware.engine (one prefill per prompt and temperature, finished rows dropped)",
+        "sampler": sampler.description,
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(generated_tokens / wall, 1) if wall else None,
     }

@@ -94,7 +94,7 @@ def generate_text_vllm(
     ``finish_reason``. Learned requests use the row seed of prompt 0 (``batch_seeds(seed, 1)[0]``)."""
     from vllm.inputs import TokensPrompt
 
-    from ..generation import chat_texts
+    from ..hf.chat import chat_prompt_ids
     from ..rows import generation_result
     from ..sampling import batch_seeds
 
@@ -110,8 +110,7 @@ def generate_text_vllm(
         finally:
             os.environ.pop(TRACE_ENV, None)
         tokenizer = llm.get_tokenizer()
-        texts, templated = chat_texts(tokenizer, [prompt])
-        prompt_ids = tokenizer(texts[0], add_special_tokens=not templated)["input_ids"]
+        prompt_ids = chat_prompt_ids(tokenizer, [prompt])[0]
         output = llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], [params], use_tqdm=False)[0].outputs[0]
         new_ids = list(output.token_ids)
         trace = read_trace(trace_path).get("prompt0")

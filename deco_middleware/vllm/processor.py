@@ -122,8 +122,10 @@ class DecoLogitsProcessor(LogitsProcessor):
                 "deco_middleware.vllm: no head outputs for this step's %d learned row(s) (logits %s); they are "
                 "decoded without heads this step.", len(rows), list(logits.shape)
             )
+            STEP.missed_rows += len(rows)
             return logits
         chosen, records = self._decode(logits, captured)
+        STEP.decoded_rows += len(rows)
         index = torch.as_tensor(rows, device=logits.device)
         if (chosen < 0).any():  # a row with no finite score: keep vLLM's argmax rather than invent a token
             argmax = logits.index_select(0, index).argmax(dim=-1).cpu().numpy()

@@ -39,6 +39,10 @@ class StepBuffer:
         self.unavailable_reason: str | None = "the model was not loaded through a deco_middleware.vllm wrapper"
         self._expected: tuple[int, tuple[int, ...]] | None = None
         self._captured: CapturedRows | None = None
+        # Row-steps of opted-in requests: decoded by the learned step / left to vLLM's sampler (an error was
+        # logged). `deco bench --backend vllm` reads them to prove its learned runs went through the heads.
+        self.decoded_rows = 0
+        self.missed_rows = 0
 
     def install(self, heads: Any, module: Any) -> None:
         self.heads, self.module, self.unavailable_reason = heads, module, None

@@ -33,7 +33,12 @@ that owns both the model and the sampler. In one step of vLLM's V1 model runner:
    pending then, so those logits pass through unchanged (and were never changed: ``compute_logits``
    returns vLLM's logits as they are).
 
-Speculative decoding is not supported: vLLM then builds no custom logits processors at all.
+Model Runner V2 (upstream's default on GPU) loads the same entry point; the processor implements its
+interface too (``add_request`` / ``apply_staged_writes`` / ``apply(logits, ctx)``): the heads run on
+every sampled row and ``apply`` keeps the opted-in ones by request slot (see :mod:`.runtime`).
+
+Speculative decoding is not supported: the V1 runner then builds no custom logits processors at all,
+and under V2 a step with several rows per request is left to vLLM's sampler (logged).
 Penalties (presence / frequency / repetition) on a learned request are refused, because vLLM
 applies them after logits processors, i.e. after the learned temperature (the method puts them
 first). Per-token T and P: give the request a ``trace_id`` in ``extra_args["deco"]`` and start

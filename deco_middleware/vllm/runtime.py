@@ -1,7 +1,8 @@
 """What the model wrapper and the logits processor share inside one vLLM worker process.
 
 The model wrapper (:mod:`.models`) and the logits processor (:mod:`.processor`) are built by the
-same model runner in the same worker process, so one module-level :data:`STEP` joins them:
+same model runner in the same worker process, so one module-level :data:`STEP` joins them. With
+the V1 model runner:
 
 1. ``update_state`` (the processor, before each forward pass) publishes the batch size and the
    batch rows that opted in (:meth:`StepBuffer.expect`).
@@ -11,6 +12,11 @@ same model runner in the same worker process, so one module-level :data:`STEP` j
    number of rows after step 1; later calls in the step (prompt logprobs, which come after sampling)
    find nothing pending and pass through.
 3. ``apply`` (the processor, inside vLLM's sampler) takes them (:meth:`StepBuffer.take`).
+
+With Model Runner V2 (upstream's default on GPU) there is no batch update before the forward pass:
+``apply_staged_writes`` (once per step, before it) calls :meth:`StepBuffer.expect_all`, the heads
+run on every row of the sampled ``compute_logits`` call, and ``apply`` maps each logits row to its
+request slot with ``ctx.expanded_idx_mapping`` and keeps the opted-in ones.
 """
 
 from __future__ import annotations
@@ -55,22 +61,35 @@ class StepBuffer:
         return self.module is not None
 
     def expect(self, batch_size: int, rows: tuple[int, ...]) -> None:
+        """V1 runner: the next ``compute_logits`` call with ``batch_size`` rows is the sampled one; run
+        the heads on ``rows`` of it."""
         self._captured = None
         self._expected = (batch_size, rows) if rows and self.available else None
+
+    def expect_all(self, any_learned: bool) -> None:
+        """Model Runner V2: the rows are known only in ``apply`` (they are reordered every step), so the
+        heads run on every row of the next ``compute_logits`` call while any request slot opted in."""
+        self._captured = None
+        self._expected = (-1, ()) if any_learned and self.available else None
 
     def capture(self, hidden_states: Any, logits: Any) -> None:
         if self._expected is None or logits is None:
             return
         batch_size, rows = self._expected
-        if hidden_states.shape[0] != batch_size:
+        if batch_size == -1:
+            rows = tuple(range(hidden_states.shape[0]))
+        elif hidden_states.shape[0] != batch_size:
             return  # not the sampled rows (speculative decoding is refused elsewhere)
         self._expected = None
         import torch
 
-        index = torch.as_tensor(rows, device=hidden_states.device)
         with torch.no_grad():
-            hidden = hidden_states.index_select(0, index).float()
-            temperature, top_p = self.module(hidden, logits.index_select(0, index).float())
+            if batch_size == -1:
+                hidden, selected = hidden_states.float(), logits.float()
+            else:
+                index = torch.as_tensor(rows, device=hidden_states.device)
+                hidden, selected = hidden_states.index_select(0, index).float(), logits.index_select(0, index).float()
+            temperature, top_p = self.module(hidden, selected)
         self._captured = CapturedRows(rows, hidden, temperature, top_p)
 
     def take(self) -> CapturedRows | None:

@@ -95,3 +95,16 @@ def test_source_selection_keeps_user_records_and_caps_records_per_prompt():
     with pytest.raises(typer.BadParameter, match="SOURCE=N"):
         _select_sources(records, None, max_per_prompt="sample-wrong=one")
     assert _select_sources(records, None) == records
+
+
+def test_the_recorded_command_line_holds_options_only():
+    """`deco train rollouts` / `outcome` used to record `--read-jsonl '<function ...>'`: names imported
+    inside the command ended up in the `locals()` the command line is rebuilt from."""
+    import json as json_module
+    from pathlib import Path as P
+
+    from deco_middleware.cli.cmd_train import _command_line
+
+    line = _command_line("rollouts", {"out": P("r.jsonl"), "read_jsonl": json_module.loads, "RolloutConfig": dict,
+                                      "json": json_module, "seed": 3, "resume": True, "tasks": None})
+    assert line == "deco train rollouts --out r.jsonl --seed 3 --resume"

@@ -37,10 +37,10 @@ def rollouts_command(
     threads: Annotated[Optional[int], typer.Option(min=1)] = None,
 ) -> None:
     """Sample every prompt at every temperature and keep every draw, graded, with its behaviour policy."""
+    command = _command_line("rollouts", dict(locals()))  # before any import adds names to locals()
     from ..training.data import read_jsonl, write_jsonl
     from ..training.rollouts import ROLLOUT_TASKS, RolloutConfig, add_steer_pairs, generate_rollouts
 
-    command = _command_line("rollouts", dict(locals()))
     try:
         counts = {k: int(v) for k, v in (p.split("=") for p in prompts_for.split(","))} if prompts_for else None
         config = RolloutConfig(tasks=tuple(t.strip() for t in tasks.split(",")) if tasks else tuple(ROLLOUT_TASKS),
@@ -88,10 +88,10 @@ def outcome_command(
     temperature_features: TempFeaturesOpt = "hidden",
 ) -> None:
     """Fit heads on graded rollouts with the outcome objective (and steering pairs when cached)."""
+    command = _command_line("outcome", dict(locals()))  # before any import adds names to locals()
     from ..training import FeatureCache
     from ..training.outcome import OutcomeConfig, export_outcome_heads, fit_outcome
 
-    command = _command_line("outcome", dict(locals()))
     try:
         features = FeatureCache.open(cache)
         config = OutcomeConfig(objective=objective, learning_rate=learning_rate, epochs=epochs,  # type: ignore[arg-type]

@@ -29,8 +29,8 @@ def _command_line(stage: str, arguments: dict[str, Any]) -> str:
     parsed arguments so the record replays the run even if defaults change later."""
     words = ["deco", "train", stage]
     for name, value in arguments.items():
-        if value is None:
-            continue
+        if value is None or callable(value) or isinstance(value, type(shlex)):
+            continue  # not an option: a name imported inside the command before locals() was taken
         option = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
         if isinstance(value, bool):
             words.append(option if value else "--no-" + option[2:])

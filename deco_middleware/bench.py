@@ -374,7 +374,7 @@ def bench_vllm(
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from .errors import DecoError
+    from .errors import PluginInactiveError
     from .hf.chat import chat_prompt_ids
     from .vllm.settings import EXTRA_ARGS_KEY
 
@@ -404,7 +404,7 @@ def bench_vllm(
         after, missed_after = vllm_decoded_rows(llm)
         expected = (repeats + 1) * batch * new_tokens  # the warm-up run included
         if after - before != expected or missed_after != missed_before:
-            raise DecoError(
+            raise PluginInactiveError(
                 f"The vLLM plugin decoded {after - before} of the {expected} learned row-steps at batch {batch} "
                 f"({missed_after - missed_before} left to vLLM's sampler); the engine log says why (e.g. no heads fit "
                 "the model). Use --heads default or heads made for this model."

@@ -165,6 +165,11 @@ class UnsupportedArchitectureError(DecoError, ValueError):
     """A serving engine's model architecture is not one the plugin can wrap."""
 
 
+class PluginInactiveError(DecoError, RuntimeError):
+    """A serving engine did not run the plugin's decoding step for requests that asked for it (no heads
+    fit the model, or the plugin is not loaded)."""
+
+
 class IgnoredSamplingWarning(DecoWarning):
     """A serving request set the engine's own temperature / top-p / top-k / min-p next to the learned pair."""
 
@@ -189,6 +194,7 @@ __all__ = [
     "MissingHiddenStateOutputError",
     "ModelProvisioningError",
     "NonFiniteHiddenStateWarning",
+    "PluginInactiveError",
     "PromptTooLongError",
     "ReferenceCheckpointError",
     "ResultCacheError",

@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -410,6 +411,17 @@ class DecodingSettings:
     def filters(self) -> tuple[ScoreFilter, ...]:
         """The optional filters, in the method's order (top-k, then min-p)."""
         return (*((TopK(self.top_k),) if self.top_k else ()), *((MinP(self.min_p),) if self.min_p else ()))
+
+    def for_trained_heads(self, trained: Collection[str]) -> "DecodingSettings":
+        """These settings with every head the artifact did not train (``trained``: its
+        ``trained_heads``) switched off, so that head's fallback value applies. The one rule every
+        backend follows (strategies, :class:`~deco_middleware.hf.LearnedDecoding`, the vLLM plugin)."""
+        changes = {}
+        if "temperature" not in trained and self.use_temperature_head:
+            changes["use_temperature_head"] = False
+        if "top_p" not in trained and self.use_top_p_head:
+            changes["use_top_p_head"] = False
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 @dataclass

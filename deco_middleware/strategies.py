@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .baselines import BASELINES, parse_baseline
@@ -143,12 +143,7 @@ class Strategy:
             if heads is None:
                 raise UnknownStrategyError(f"Strategy {self.name!r} runs the learned heads: pass `heads`.")
             settings = self.settings(**settings_overrides)
-            trained = getattr(heads, "trained_heads", ("temperature", "top_p"))
-            if "temperature" not in trained and settings.use_temperature_head:
-                settings = replace(settings, use_temperature_head=False)
-            if "top_p" not in trained and settings.use_top_p_head:
-                settings = replace(settings, use_top_p_head=False)
-            return LearnedPredictor(heads, settings)
+            return LearnedPredictor(heads, settings.for_trained_heads(getattr(heads, "trained_heads", ("temperature", "top_p"))))
         raise UnknownStrategyError(f"Strategy {self.name!r} of kind {self.kind!r} has no predictor.")
 
 

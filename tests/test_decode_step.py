@@ -340,3 +340,14 @@ def test_nucleus_refuses_nan_and_wrong_length_top_p(engine, function):
 def test_static_predictor_validates(kwargs, message):
     with pytest.raises(ValueError, match=message):
         StaticPredictor(**kwargs)
+
+
+def test_a_head_the_artifact_did_not_train_is_switched_off_by_one_rule():
+    from deco_middleware.sampling import DecodingSettings
+
+    settings = DecodingSettings(temperature_scale=0.8)
+    assert settings.for_trained_heads(("temperature", "top_p")) is settings
+    only_t = settings.for_trained_heads(("temperature",))
+    assert only_t.use_temperature_head and not only_t.use_top_p_head and only_t.temperature_scale == 0.8
+    neither = settings.for_trained_heads(())
+    assert not neither.use_temperature_head and not neither.use_top_p_head

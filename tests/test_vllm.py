@@ -276,13 +276,11 @@ def test_server_serves_concurrent_requests_and_answers_bad_settings_with_400(ser
 
 
 def test_generate_backend_vllm_runs_a_static_strategy_through_the_plugin(tmp_path: Path) -> None:
-    """`generate_text_vllm` prints the one result dict (pure JSON on stdout: vLLM's logs go to stderr);
-    a static strategy is decoded by the plugin's step, so the trace holds its T and P."""
-    script = ("import json, sys; from deco_middleware.vllm.generate import generate_text_vllm; "
-              "print(json.dumps(generate_text_vllm('What is 7 times 8?', strategy='static:0.7,0.9', "
-              "max_new_tokens=6, seed=3)))")
-    done = subprocess.run([sys.executable, "-c", script], env=_child_env(), capture_output=True, text=True,
-                          timeout=900, cwd=tmp_path)
+    """`deco generate --backend vllm --json` prints the one result dict (pure JSON on stdout: vLLM's logs
+    go to stderr); a static strategy is decoded by the plugin's step, so the trace holds its T and P."""
+    command = [sys.executable, "-m", "deco_middleware", "generate", "What is 7 times 8?", "--backend", "vllm",
+               "--strategy", "static:0.7,0.9", "--max-new-tokens", "6", "--seed", "3", "--json"]
+    done = subprocess.run(command, env=_child_env(), capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout)  # the whole of stdout
     assert set(result) == {"text", "tokens", "token_ids", "temperature", "top_p", "strategy", "model", "heads", "seed",

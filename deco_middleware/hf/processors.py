@@ -610,11 +610,7 @@ class LearnedDecoding(PredictorDecoding):
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
         loaded = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
-        settings = settings or DecodingSettings(**settings_kwargs)
-        if "temperature" not in loaded.trained_heads and settings.use_temperature_head:
-            settings = _replace(settings, use_temperature_head=False)
-        if "top_p" not in loaded.trained_heads and settings.use_top_p_head:
-            settings = _replace(settings, use_top_p_head=False)
+        settings = (settings or DecodingSettings(**settings_kwargs)).for_trained_heads(loaded.trained_heads)
         super().__init__(LearnedPredictor(loaded, settings), record_trace=record_trace, seed=seed)
         self.check_model = check_model
 
@@ -629,12 +625,6 @@ class LearnedDecoding(PredictorDecoding):
         from .chat import chat_inputs
 
         return chat_inputs(tokenizer, [self.steer_prompt(p) for p in prompts])
-
-
-def _replace(settings: DecodingSettings, **changes: Any) -> DecodingSettings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 __all__ = [

@@ -115,7 +115,9 @@ def generate_text_vllm(
         new_ids = list(output.token_ids)
         trace = read_trace(trace_path).get("prompt0")
         if trace is None or len(trace.tokens) != len(new_ids):
-            raise RuntimeError(
+            from ..errors import PluginInactiveError
+
+            raise PluginInactiveError(
                 f"The vLLM plugin did not decode the request (heads={heads!r}); see the engine log above for why "
                 "(e.g. no heads fit the model). Use --heads default or heads made for this model."
             )

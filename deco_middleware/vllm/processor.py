@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,13 +55,8 @@ class _PrecomputedHeads:
 
 
 def _settings_for_heads(settings: DecodingSettings) -> DecodingSettings:
-    # As LearnedDecoding does: a head the artifact did not train is switched off.
-    trained = STEP.heads.trained_heads if STEP.heads is not None else ()
-    if "temperature" not in trained and settings.use_temperature_head:
-        settings = replace(settings, use_temperature_head=False)
-    if "top_p" not in trained and settings.use_top_p_head:
-        settings = replace(settings, use_top_p_head=False)
-    return settings
+    # As on every backend: a head the artifact did not train is switched off.
+    return settings.for_trained_heads(STEP.heads.trained_heads if STEP.heads is not None else ())
 
 
 class DecoLogitsProcessor(*_INTERFACES):  # type: ignore[misc]

@@ -214,6 +214,10 @@ def test_strategy_names_parse_to_decodings():
     assert (autodeco_t.use_temperature_head, autodeco_t.use_top_p_head) == (True, False)
     assert (autodeco_p.use_temperature_head, autodeco_p.use_top_p_head) == (False, True)
     assert parse_eval_strategy("oracle").decoding is None and parse_eval_strategy("mean-static").needs_heads
+    assert parse_eval_strategy("mean-static@0.50").name == "mean-static@0.5"
+    assert parse_eval_strategy("mean-static@0.5").mean_static_scale == 0.5 and parse_eval_strategy("mean-static@0.5").needs_heads
+    with pytest.raises(UnknownStrategyError, match="mean-static@x"):
+        parse_eval_strategy("mean-static@x")
     assert not parse_eval_strategy("oracle").needs_heads and parse_eval_strategy("autodeco").needs_heads
 
 

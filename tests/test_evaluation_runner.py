@@ -126,6 +126,13 @@ def test_summary_fields_and_applied_values(tiny_model, tiny_tokenizer, task_file
     assert chosen["temperature"] == round(autodeco.temperature_mean, 3)
     assert chosen["top_p"] == round(autodeco.top_p_mean, 3)
     assert mean_static.temperature_mean == pytest.approx(chosen["temperature"])
+    # mean-static@S: the heads' mean at temperature scale S (the comparison for autodeco@S)
+    scaled = runner.run_strategy(task, parse_eval_strategy("autodeco@0.5"))
+    half = runner.run_strategy(task, parse_eval_strategy("mean-static@0.5"))
+    assert half.extra["chosen"] == {"temperature": round(scaled.temperature_mean, 3),
+                                    "top_p": round(scaled.top_p_mean, 3), "from": "autodeco@0.5"}
+    assert half.temperature_mean == pytest.approx(round(scaled.temperature_mean, 3))
+    assert half.temperature_mean == pytest.approx(chosen["temperature"] / 2, abs=0.02)
 
 
 def test_learned_strategies_without_heads_name_the_fix(tiny_model, tiny_tokenizer, task_file):

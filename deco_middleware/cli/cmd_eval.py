@@ -14,7 +14,7 @@ from ..errors import DecoError
 from .app import MAX_SEED, _fail, app, console
 
 _STRATEGY_HELP = (
-    "Repeatable. greedy | default | static:T,P | oracle | mean-static | edt[:T0,N,theta] | min-p:X[,T] | autodeco | "
+    "Repeatable. greedy | default | static:T,P | oracle | mean-static[@S] | edt[:T0,N,theta] | min-p:X[,T] | autodeco | "
     "autodeco@S | autodeco-t | autodeco-p | confidence:TAU,T_HIGH | entropy-adaptive:THRESHOLD,T_LOW,T_HIGH | "
     "entropy-continuous:T_MIN,T_MAX | top-n-sigma:N,T | p-less:T | dev-static | dev:FAMILY | tuned-baselines "
     "(dev-static and every dev:FAMILY, tuned on the dev split of the training tasks)"

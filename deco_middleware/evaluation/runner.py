@@ -319,8 +319,8 @@ class EvaluationRunner:
             return self.run_decoding(task, strategy.decoding)
         if strategy.name == "oracle":
             return self._oracle(task)
-        if strategy.name == "mean-static":
-            return self._mean_static(task)
+        if strategy.mean_static_scale is not None:
+            return self._mean_static(task, strategy.mean_static_scale)
         if strategy.tuned:
             choice = self.tune(strategy.name, extra_prompts=[p.prompt for p in task.problems])
             return _with_extra(self.run_decoding(task, choice.decoding), {"tuned_on_dev": choice.as_dict()})
@@ -338,14 +338,17 @@ class EvaluationRunner:
         final = self.run_decoding(task, static_decoding(chosen["temperature"], chosen["top_p"]))
         return _with_extra(final, {**searched.extra, "searched_with_samples": self.oracle_samples})
 
-    def _mean_static(self, task: Task) -> DecodingSummary:
+    def _mean_static(self, task: Task, scale: float = 1.0) -> DecodingSummary:
         if self.heads is None:
             raise ValueError("Strategy 'mean-static' needs trained heads; pass --heads (or `heads=`).")
-        learned = self.run_decoding(task, parse_strategy("autodeco"))
+        source = "autodeco" if scale == 1.0 else f"autodeco@{scale:g}"
+        learned = self.run_decoding(task, parse_strategy(source))
         temperature = round(learned.temperature_mean, 3)
         top_p = min(round(learned.top_p_mean, 3), 1.0)
+        if temperature <= 0:  # autodeco@0 is greedy: its "mean" is greedy too
+            return _with_extra(self.run_decoding(task, parse_strategy("greedy")), {"chosen": {"from": source}})
         summary = self.run_decoding(task, static_decoding(temperature, top_p))
-        return _with_extra(summary, {"chosen": {"temperature": temperature, "top_p": top_p, "from": "autodeco"}})
+        return _with_extra(summary, {"chosen": {"temperature": temperature, "top_p": top_p, "from": source}})
 
     # -- baselines tuned on the dev split (evaluation/tuning.py) ------------------------------------
 

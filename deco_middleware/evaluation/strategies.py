@@ -21,6 +21,7 @@ Decoding = Strategy
 META_STRATEGY_HELP = {
     "oracle": "static grid tuned on the test set itself: T 0.1..1.5 (step 0.1) at P=1, then P 0.5..1.0 (step 0.05)",
     "mean-static": "static T, P = the mean of the heads' own predictions in the autodeco run on that task",
+    "mean-static@S": "the same from the autodeco@S run (the heads' mean at temperature scale S)",
     "dev-static": "static (T, P) tuned on the dev split of the training tasks: T first at P=1, then P",
     "dev:FAMILY": "a baseline family (confidence, entropy-adaptive, entropy-continuous, edt, top-n-sigma, p-less, "
     "min-p) with its parameters tuned on the dev split; `tuned-baselines` names all of them and dev-static",
@@ -69,7 +70,17 @@ class EvalStrategy:
     @property
     def needs_heads(self) -> bool:
         # dev:edt takes its T0 from the heads' mean temperature on the dev split.
-        return self.name in ("mean-static", "dev:edt") or (self.decoding is not None and self.decoding.learned)
+        return (self.name in ("mean-static", "dev:edt") or self.mean_static_scale is not None
+                or (self.decoding is not None and self.decoding.learned))
+
+    @property
+    def mean_static_scale(self) -> float | None:
+        """S of ``mean-static@S`` (1 for ``mean-static``); ``None`` for every other strategy."""
+        if self.name == "mean-static":
+            return 1.0
+        if self.name.startswith("mean-static@"):
+            return float(self.name.split("@", 1)[1])
+        return None
 
     @property
     def tuned(self) -> bool:
@@ -82,6 +93,13 @@ def parse_eval_strategy(text: str) -> EvalStrategy:
     name = text.strip()
     if name in ("oracle", "mean-static", "dev-static"):
         return EvalStrategy(name)
+    if name.startswith("mean-static@"):
+        scale = name.split("@", 1)[1]
+        try:
+            parse_strategy(f"autodeco@{scale}")  # the same rules for S as autodeco@S
+        except UnknownStrategyError as error:
+            raise UnknownStrategyError(f"Strategy {name!r}: {error}") from None
+        return EvalStrategy(f"mean-static@{float(scale):g}")
     if name.startswith("dev:"):
         if name[len("dev:") :] not in TUNED_FAMILIES:
             raise UnknownStrategyError(f"Strategy {name!r}: tuned families are {', '.join(TUNED_FAMILIES)}.")

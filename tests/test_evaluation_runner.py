@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -337,3 +339,27 @@ def test_cli_batch_size_default_is_the_runner_default():
     from deco_middleware.evaluation.runner import DEFAULT_BATCH_SIZE
 
     assert inspect.signature(evaluate).parameters["batch_size"].default == DEFAULT_BATCH_SIZE == 256
+
+
+def test_steer_report_teacher_forces_the_neutral_completions_under_every_prompt(tiny_model, tiny_tokenizer, tiny_heads,
+                                                                                 task_file):
+    """The neutral completions forced under the neutral prompt give back the T applied while generating them
+    (so the fixed-completion dT measures the prompt alone); the instructed ones are reported next to it."""
+    from deco_middleware.evaluation.steer import forced_temperatures, run_steer, steer_markdown
+
+    task = load_task(str(task_file))
+    report = run_steer(tiny_model, tiny_tokenizer, tiny_heads, [task], samples=2, max_new_tokens=5, seed=3, batch_size=4)
+    overall = report["overall"]
+    for key in ("dT_fixed_low", "dT_fixed_high", "consistency_fixed_low", "consistency_fixed_high"):
+        assert key in overall and math.isfinite(overall[key])
+    assert all("dT_fixed" in s for s in report["phrasings"].values())
+    assert "teacher-forced" in steer_markdown(report)
+    # The check behind it: generation's applied T equals the forced T on the same tokens.
+    from deco_middleware.engine import Learned, sample
+
+    prompt = task.problems[0].prompt
+    completions = sample(tiny_model, tiny_tokenizer, [prompt], policy=Learned(tiny_heads), samples=2, seed=5,
+                         max_new_tokens=5)[0]
+    forced = forced_temperatures(tiny_model, tiny_tokenizer, tiny_heads, prompt, [c.token_ids for c in completions])
+    for completion, mean_t in zip(completions, forced):
+        assert mean_t == pytest.approx(float(np.mean(completion.temperatures)), abs=1e-4)

@@ -11,6 +11,12 @@ standard error over problems, consistency (share of problems whose shift has the
 sign), pass@1 / pass@k / maj@k (the effect on accuracy) and distinct-2 (distinct word bigrams over
 all words bigrams of a problem's k samples: the effect on diversity). Per phrasing: dT and
 consistency, so a failing phrasing or language is named.
+
+The free-running dT mixes two effects: the heads reading the instruction, and the model writing other
+completions under it (which the heads answer too). ``dT_fixed_*`` separates them: the heads'
+temperature on the *neutral* completions, teacher-forced under each prompt (one forward pass per
+prompt and completion), instructed minus neutral; the neutral forced T equals the T applied while
+generating (checked by the tests).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..manifest import atomic_write_bytes
 from ..steering import EVAL_PHRASINGS, steer_prompt
@@ -57,6 +65,31 @@ def _problem_row(completions: Sequence[Any], grade: Any, reference: str) -> dict
             "maj@k": float(majority_correct(texts, scores, reference)), "distinct-2": distinct_n(texts, 2)}
 
 
+def forced_temperatures(model: Any, tokenizer: Any, heads: Any, prompt: str, completions: Sequence[Sequence[int]]
+                        ) -> list[float]:
+    """The mean applied temperature of the heads (default settings) over each completion's tokens,
+    teacher-forced after ``prompt`` (chat template applied): what generation would have applied had it
+    drawn exactly these tokens. One forward pass per completion."""
+    import torch
+
+    from ..hf.chat import chat_prompt_ids
+    from ..sampling import DecodingSettings, LearnedPredictor, decode_step
+
+    prefix = chat_prompt_ids(tokenizer, [prompt])[0]
+    predictor = LearnedPredictor(heads, DecodingSettings().for_trained_heads(heads.trained_heads))
+    lm_head = model.get_output_embeddings()
+    means = []
+    with torch.inference_mode():
+        for completion in completions:
+            ids = torch.tensor([prefix + list(completion)])
+            # The final-norm hidden state (the LM head's input) at the positions that predict the completion.
+            hidden = model.base_model(input_ids=ids).last_hidden_state[0, len(prefix) - 1 : len(prefix) - 1 + len(completion)]
+            logits = lm_head(hidden)
+            step = decode_step(predictor, logits.float().numpy(), hidden=hidden.float().numpy(), nucleus=False)
+            means.append(float(np.mean(step.temperature)) if len(completion) else float("nan"))
+    return means
+
+
 def run_steer(model: Any, tokenizer: Any, heads: Any, tasks: Sequence[Task], *, samples: int = 4,
               max_new_tokens: int = 32, seed: int = 7, batch_size: int = 192,
               phrasings: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
@@ -76,13 +109,22 @@ def run_steer(model: Any, tokenizer: Any, heads: Any, tasks: Sequence[Task], *, 
         # The same sample seeds for the three conditions of a problem: differences come from the prompt.
         seeds = [[sample_seed(seed, task.spec, task.problems[i].id, k) for k in range(samples)] for i, _, _ in meta]
         per_problem: dict[int, dict[str, Any]] = {}
+        neutral: dict[int, list[list[int]]] = {}
         for index, completions in iter_sample(model, tokenizer, prompts, policy=Learned(heads), samples=samples,
                                               seeds=seeds, max_new_tokens=max_new_tokens, max_rows=batch_size):
             i, condition, phrasing = meta[index]
             problem = task.problems[i]
             row = _problem_row(completions, problem.grade, problem.answer)
             row["phrasing"] = phrasing
+            row["prompt"] = prompts[index]
             per_problem.setdefault(i, {})[condition] = row
+            if condition == "none":
+                neutral[i] = [c.token_ids for c in completions]
+        for i, conditions in per_problem.items():  # the neutral completions under every prompt
+            for condition, row in conditions.items():
+                forced = [t for t in forced_temperatures(model, tokenizer, heads, row.pop("prompt"), neutral[i])
+                          if not math.isnan(t)]
+                row["T_fixed"] = math.fsum(forced) / len(forced) if forced else float("nan")
         rows[task.spec] = [per_problem[i] for i in sorted(per_problem)]
     return summarize_steer(rows, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
 
@@ -104,6 +146,11 @@ def _summary(problems: Sequence[dict[str, Any]]) -> dict[str, Any]:
             out[f"d{metric}_{direction}_se"] = round(se, 4)
         shifts = [p[direction]["T"] - p["none"]["T"] for p in problems]
         out[f"consistency_{direction}"] = round(sum(sign * s > 0 for s in shifts) / len(shifts), 4) if shifts else 0.0
+        fixed = [p[direction]["T_fixed"] - p["none"]["T_fixed"] for p in problems if "T_fixed" in p[direction]]
+        if fixed:
+            mean, se = mean_and_stderr(fixed)
+            out[f"dT_fixed_{direction}"], out[f"dT_fixed_{direction}_se"] = round(mean, 4), round(se, 4)
+            out[f"consistency_fixed_{direction}"] = round(sum(sign * s > 0 for s in fixed) / len(fixed), 4)
     return out
 
 
@@ -112,14 +159,20 @@ def summarize_steer(rows: dict[str, list[dict[str, Any]]], **settings: Any) -> d
     every = [p for problems in rows.values() for p in problems]
     by_phrasing: dict[str, dict[str, Any]] = {}
     for direction, sign in (("low", -1.0), ("high", 1.0)):
-        phrased: dict[str, list[float]] = {}
+        phrased: dict[str, list[dict[str, Any]]] = {}
         for p in every:
-            phrased.setdefault(p[direction]["phrasing"], []).append(p[direction]["T"] - p["none"]["T"])
-        for phrasing, shifts in phrased.items():
+            phrased.setdefault(p[direction]["phrasing"], []).append(p)
+        for phrasing, problems in phrased.items():
+            shifts = [p[direction]["T"] - p["none"]["T"] for p in problems]
             mean, se = mean_and_stderr(shifts)
             by_phrasing[phrasing] = {"direction": direction, "problems": len(shifts), "dT": round(mean, 4),
                                      "dT_se": round(se, 4),
                                      "consistency": round(sum(sign * s > 0 for s in shifts) / len(shifts), 4)}
+            fixed = [p[direction]["T_fixed"] - p["none"]["T_fixed"] for p in problems if "T_fixed" in p[direction]]
+            if fixed:
+                fixed_mean, fixed_se = mean_and_stderr(fixed)
+                by_phrasing[phrasing].update(dT_fixed=round(fixed_mean, 4), dT_fixed_se=round(fixed_se, 4),
+                                             consistency_fixed=round(sum(sign * s > 0 for s in fixed) / len(fixed), 4))
     return {"settings": settings, "tasks": {task: _summary(problems) for task, problems in rows.items()},
             "overall": _summary(every), "phrasings": by_phrasing}
 
@@ -139,10 +192,21 @@ def steer_markdown(report: dict[str, Any]) -> str:
     for task, summary in report["tasks"].items():
         lines.append(row(task.split("?")[0], summary))
     lines.append(row("**overall**", report["overall"]))
-    lines += ["", "| held-out phrasing | direction | problems | dT | consistency |", "|---|---|---|---|---|"]
+    blocks = [*report["tasks"].items(), ("**overall**", report["overall"])]
+    if "dT_fixed_low" in report["overall"]:
+        lines += ["", "The same neutral completions teacher-forced under each prompt (the heads' reading of the "
+                  "instruction alone):", "", "| task | dT low | dT high | cons. low | cons. high |", "|---|---|---|---|---|"]
+        for name, s in blocks:
+            lines.append(f"| {name.split('?')[0]} | {s['dT_fixed_low']:+.3f} ± {s['dT_fixed_low_se']:.3f} | "
+                         f"{s['dT_fixed_high']:+.3f} ± {s['dT_fixed_high_se']:.3f} | "
+                         f"{100 * s['consistency_fixed_low']:.1f}% | {100 * s['consistency_fixed_high']:.1f}% |")
+    lines += ["", "| held-out phrasing | direction | problems | dT | consistency | dT, same completion | consistency |",
+              "|---|---|---|---|---|---|---|"]
     for phrasing, s in report["phrasings"].items():
+        fixed = (f"{s['dT_fixed']:+.3f} ± {s['dT_fixed_se']:.3f} | {100 * s['consistency_fixed']:.1f}%"
+                 if "dT_fixed" in s else "- | -")
         lines.append(f"| {phrasing} | {s['direction']} | {s['problems']} | {s['dT']:+.3f} ± {s['dT_se']:.3f} | "
-                     f"{100 * s['consistency']:.1f}% |")
+                     f"{100 * s['consistency']:.1f}% | {fixed} |")
     return "\n".join(lines) + "\n"
 
 

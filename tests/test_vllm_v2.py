@@ -52,8 +52,8 @@ def step_inputs(default_model):
     return hidden.float().contiguous(), logits.float().contiguous()
 
 
-@pytest.fixture()
-def processor():
+@pytest.fixture(params=[HEADS, "smollm2-135m-instruct-ppo"])  # both heads trained / temperature head only
+def processor(request):
     import torch
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcRequestState
 
@@ -62,7 +62,7 @@ def processor():
     from deco_middleware.vllm.processor import DecoLogitsProcessor
     from deco_middleware.vllm.runtime import STEP
 
-    heads = DecodingHeads.from_pretrained(HEADS)
+    heads = DecodingHeads.from_pretrained(request.param)
     STEP.install(heads, torch_heads_from_artifact(heads))  # what the model wrapper does after load_weights
     config = SimpleNamespace(model_config=SimpleNamespace(architecture="LlamaForCausalLM"))
     req_states = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=8, vocab_size=heads.vocab_size,
@@ -96,7 +96,7 @@ def _expected_token(heads, hidden, logits, settings, uniform: float) -> int:
     """The HF / ONNX Runtime path's choice for this row: ONNX heads, the one step, the same draw."""
     from deco_middleware.sampling import LearnedPredictor, decode_step, draw
 
-    step = decode_step(LearnedPredictor(heads, settings), logits, hidden=hidden)
+    step = decode_step(LearnedPredictor(heads, settings.for_trained_heads(heads.trained_heads)), logits, hidden=hidden)
     return int(draw(step.scores, np.array([uniform]))[0])
 
 

@@ -42,6 +42,7 @@ class StepBuffer:
     def __init__(self) -> None:
         self.heads: Any = None  # DecodingHeads (manifest, trained heads) once the wrapper loaded them
         self.module: Any = None  # torch AutoDecoHeads on the model's device
+        self.top_p_trained = True
         self.unavailable_reason: str | None = "the model was not loaded through a deco_middleware.vllm wrapper"
         self._expected: tuple[int, tuple[int, ...]] | None = None
         self._captured: CapturedRows | None = None
@@ -52,6 +53,9 @@ class StepBuffer:
 
     def install(self, heads: Any, module: Any) -> None:
         self.heads, self.module, self.unavailable_reason = heads, module, None
+        # An untrained top-p head is never applied (DecodingSettings.for_trained_heads): skip its
+        # vocabulary-wide statistics (~26 ms per step at 64 rows on a 2-core CPU).
+        self.top_p_trained = "top_p" in getattr(heads, "trained_heads", ("temperature", "top_p"))
 
     def disable(self, reason: str) -> None:
         self.heads, self.module, self.unavailable_reason = None, None, reason
@@ -89,7 +93,11 @@ class StepBuffer:
             else:
                 index = torch.as_tensor(rows, device=hidden_states.device)
                 hidden, selected = hidden_states.index_select(0, index).float(), logits.index_select(0, index).float()
-            temperature, top_p = self.module(hidden, selected)
+            if self.top_p_trained:
+                temperature, top_p = self.module(hidden, selected)
+            else:
+                temperature = self.module.temp_head(hidden, selected)
+                top_p = torch.ones_like(temperature)
         self._captured = CapturedRows(rows, hidden, temperature, top_p)
 
     def take(self) -> CapturedRows | None:

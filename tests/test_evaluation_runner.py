@@ -260,7 +260,7 @@ def test_cli_eval_writes_json_markdown_and_resumes(tiny_model, tiny_tokenizer, t
     out, md, cache = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "c.jsonl"
     arguments = ["eval", "--task", str(task_file), "--strategy", "greedy", "--strategy", "autodeco", "--strategy",
                  "mean-static", "--samples", "2", "--max-new-tokens", "3", "--heads", str(tiny_heads_dir),
-                 "--json", str(out), "--markdown", str(md), "--cache", str(cache)]
+                 "--json", str(out), "--markdown", str(md), "--cache", str(cache), "--compare-to", "greedy"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
@@ -272,6 +272,12 @@ def test_cli_eval_writes_json_markdown_and_resumes(tiny_model, tiny_tokenizer, t
     assert entries["mean-static"]["chosen"]["temperature"] == round(entries["autodeco"]["temperature"]["mean"], 3)
     assert document["config"]["samples"] == 2 and document["config"]["tokens_per_second"] > 0
     assert "| mean-static (T=" in md.read_text()
+    differences = document["differences"]["greedy"]["tasks"][str(task_file)]
+    assert sorted(differences) == ["autodeco", "mean-static"]
+    shift = differences["autodeco"]
+    assert shift["pass@1"] == pytest.approx(entries["autodeco"]["pass@1"] - entries["greedy"]["pass@1"])
+    assert shift["pass@1_low"] <= shift["pass@1"] <= shift["pass@1_high"]
+    assert "**pass@1 minus `greedy`'s**" in md.read_text()
 
     from deco_middleware.engine import _Stepper
 
@@ -286,6 +292,9 @@ def test_cli_eval_errors_name_the_bad_value(tmp_path):
 
     from deco_middleware.cli.app import app
 
+    bad_baseline = CliRunner().invoke(app, ["eval", "--task", "x.jsonl", "--strategy", "greedy", "--compare-to", "oracle"])
+    assert bad_baseline.exit_code == 2
+    assert "--compare-to 'oracle' is not a strategy of this run; name one of: greedy" in " ".join(bad_baseline.output.split())
     bad_strategy = CliRunner().invoke(app, ["eval", "--task", "x.jsonl", "--strategy", "hot"])
     assert bad_strategy.exit_code == 2
     assert "Unknown strategy 'hot'; valid: greedy, default" in " ".join(bad_strategy.output.split())

@@ -123,6 +123,23 @@ def test_frontier_table_gives_the_hand_computed_gain_and_a_seeded_interval():
     assert other["tasks"]["task"]["autodeco"]["low"] != entry["low"]
 
 
+def test_paired_differences_give_the_hand_computed_shift_and_a_seeded_paired_interval():
+    from deco_middleware.evaluation.frontier import paired_differences
+
+    table = paired_differences(_hand_results(), "static:0.7,1", resamples=500, seed=3)
+    heads = table["tasks"]["task"]["autodeco"]
+    # heads - hot, problem by problem: +0.25 on 16, 0 on 24 (pass@k equal on every problem).
+    assert heads["pass@1"] == pytest.approx(0.5 - 0.4) and heads["pass@k"] == pytest.approx(0.0)
+    assert 0 < heads["pass@1_low"] <= heads["pass@1"] <= heads["pass@1_high"]
+    greedy = table["tasks"]["task"]["greedy"]
+    assert greedy["pass@1"] == pytest.approx(0.5 - 0.4)
+    assert greedy["pass@1_low"] < 0 < greedy["pass@1_high"]  # 20 right, 20 wrong against 0.5 / 0.25: noisy
+    assert table["mean_over_tasks"]["autodeco"]["pass@1"] == pytest.approx(0.1)
+    assert "static:0.7,1" not in table["tasks"]["task"]
+    assert paired_differences(_hand_results(), "static:0.7,1", resamples=500, seed=3) == table
+    assert paired_differences(_hand_results(), "oracle") is None
+
+
 def test_frontier_table_needs_two_curve_points():
     results = _hand_results()
     del results["task"]["static:0.7,1"]

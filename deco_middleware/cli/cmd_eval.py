@@ -91,6 +91,9 @@ def evaluate(
         min=1, help="Samples per dev problem while dev-static / dev:FAMILY tune (default 2).")] = None,
     dev_problems: Annotated[Optional[int], typer.Option(
         min=1, help="Problems per dev task (products, basic_arithmetic, chain_sum at seed 5151; default 40).")] = None,
+    compare_to: Annotated[Optional[list[str]], typer.Option(
+        "--compare-to", help="Repeatable: a strategy of this run; every other strategy's pass@1 and pass@k minus "
+        "its, with 95% paired bootstrap intervals over problems (tables and JSON `differences`).")] = None,
 ) -> None:
     """Compare learned decoding with greedy, static, oracle, mean-static, EDT and min-p baselines.
 
@@ -113,6 +116,11 @@ def evaluate(
         if not names:
             raise ValueError("Name at least one --strategy, or pass --sweep.")
         strategies = [parse_eval_strategy(name) for name in names]
+        run_names = [s.name for s in strategies]
+        for baseline in compare_to or []:
+            if baseline not in run_names:
+                raise ValueError(f"--compare-to {baseline!r} is not a strategy of this run; name one of: "
+                                 f"{', '.join(run_names)} (or add it with --strategy).")
         tasks = [load_task(spec, limit=limit) for spec in task]
         from ..evaluation.cache import ResultCache
 
@@ -164,7 +172,7 @@ def evaluate(
         write_plot,
     )
 
-    document = results_document(results, config)
+    document = results_document(results, config, compare_to=compare_to)
     typer.echo(markdown_table(document), nl=False)
     if json_out:
         write_json(document, json_out)

@@ -149,6 +149,55 @@ def frontier_table(
     }
 
 
+def paired_differences(
+    results: Mapping[str, Mapping[str, Any]], baseline: str, *, resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any] | None:
+    """pass@1 and pass@k of every strategy minus ``baseline``'s, per task and as the mean over tasks,
+    each with a 95% paired bootstrap interval over problems (seeded; the same resampled problems for
+    every strategy of a task). ``None`` when no task ran ``baseline``."""
+    rng = np.random.default_rng(seed)
+    quantiles = [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]
+    per_task: dict[str, dict[str, Any]] = {}
+    draws: dict[str, list[np.ndarray]] = {}
+
+    def entry(point: np.ndarray, boot: np.ndarray) -> dict[str, float]:
+        low, high = np.quantile(boot, quantiles, axis=0)
+        return {"pass@1": float(point[0]), "pass@1_low": float(low[0]), "pass@1_high": float(high[0]),
+                "pass@k": float(point[1]), "pass@k_low": float(low[1]), "pass@k_high": float(high[1])}
+
+    for task, by_strategy in results.items():
+        base = by_strategy.get(baseline)
+        if base is None or not base.per_problem:
+            continue
+        reference = _per_problem(base)
+        index = rng.integers(0, reference.shape[0], size=(resamples, reference.shape[0]))
+        entries: dict[str, Any] = {}
+        for name, summary in by_strategy.items():
+            if name == baseline or not summary.per_problem:
+                continue
+            values = _per_problem(summary)
+            if values.shape != reference.shape:
+                continue
+            difference = values - reference  # [problems, (pass@1, pass@k)]
+            boot = difference[index].mean(axis=1)  # [resamples, 2]
+            draws.setdefault(name, []).append(boot)
+            entries[name] = entry(difference.mean(axis=0), boot)
+        per_task[task] = entries
+    if not per_task:
+        return None
+    mean: dict[str, Any] = {}
+    for name, samples in draws.items():
+        tasks = [task for task, entries in per_task.items() if name in entries]
+        if len(tasks) != len(per_task):
+            continue  # a mean over a different set of tasks would not compare
+        point = np.mean([[per_task[t][name]["pass@1"], per_task[t][name]["pass@k"]] for t in tasks], axis=0)
+        mean[name] = {**entry(point, np.mean(np.stack(samples), axis=0)), "tasks": len(tasks)}
+    return {"baseline": baseline,
+            "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "paired_over": "problems"},
+            "tasks": per_task, "mean_over_tasks": mean}
+
+
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
@@ -157,5 +206,6 @@ __all__ = [
     "curve_temperature",
     "frontier_gain",
     "frontier_table",
+    "paired_differences",
     "static_pass_at_1",
 ]

@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ..manifest import atomic_write_bytes
-from .frontier import curve_temperature, frontier_table
+from .frontier import curve_temperature, frontier_table, paired_differences
 from .runner import DecodingSummary
 
 
-def results_document(results: Mapping[str, Mapping[str, DecodingSummary]], config: dict[str, Any]) -> dict[str, Any]:
+def results_document(results: Mapping[str, Mapping[str, DecodingSummary]], config: dict[str, Any],
+                     compare_to: list[str] | None = None) -> dict[str, Any]:
     """``{"results": {TASK: {STRATEGY: {...}}}, "frontier": {...} | None, "config": {...}}``; NaN becomes ``null``.
 
     ``frontier`` holds every strategy's frontier gain over the static curve with its paired
     bootstrap interval (:func:`~.frontier.frontier_table`), when the run has the static sweep.
+    ``compare_to`` adds ``"differences": {BASELINE: ...}``: every strategy's pass@1 and pass@k minus
+    that baseline's, with paired bootstrap intervals (:func:`~.frontier.paired_differences`).
     """
 
     def clean(value: Any) -> Any:
@@ -32,7 +35,10 @@ def results_document(results: Mapping[str, Mapping[str, DecodingSummary]], confi
         return value
 
     body = {task: {name: clean(summary.to_dict()) for name, summary in by_strategy.items()} for task, by_strategy in results.items()}
-    return {"results": body, "frontier": clean(frontier_table(results)), "config": config}
+    document = {"results": body, "frontier": clean(frontier_table(results)), "config": config}
+    if compare_to:
+        document["differences"] = {name: clean(paired_differences(results, name)) for name in compare_to}
+    return document
 
 
 def write_json(document: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -101,7 +107,37 @@ def markdown_table(document: dict[str, Any]) -> str:
                 f"{entry['mean_length']:.1f} | {t['mean']:.3f} ({t['std']:.3f}) | {p['mean']:.3f} ({p['std']:.3f}) |"
             )
     out += _frontier_lines(document.get("frontier"), short)
+    for baseline, differences in (document.get("differences") or {}).items():
+        out += _difference_lines(baseline, differences, short)
     return "\n".join(out) + "\n"
+
+
+def _difference_lines(baseline: str, differences: dict[str, Any] | None, short: dict[str, str]) -> list[str]:
+    if not differences:
+        return ["", f"**Paired differences against `{baseline}`**: `{baseline}` did not run on any task."]
+    tasks = list(differences["tasks"])
+    names: list[str] = []
+    for entries in differences["tasks"].values():
+        names.extend(n for n in entries if n not in names)
+    boot = differences["bootstrap"]
+
+    def cell(entry: dict[str, Any] | None, metric: str) -> str:
+        if entry is None:
+            return "—"
+        return (f"{100 * entry[metric]:+.1f} [{100 * entry[metric + '_low']:+.1f}, "
+                f"{100 * entry[metric + '_high']:+.1f}]")
+
+    out: list[str] = []
+    for metric in ("pass@1", "pass@k"):
+        out += ["", f"**{metric} minus `{baseline}`'s** (points; {100 * boot['confidence']:.0f}% paired bootstrap over "
+                f"problems, {boot['resamples']} resamples, seed {boot['seed']})", "",
+                "| strategy | " + " | ".join(short.get(t, t) for t in tasks) + " | mean |",
+                "|---|" + "---|" * (len(tasks) + 1)]
+        for name in names:
+            cells = [cell(differences["tasks"][t].get(name), metric) for t in tasks]
+            cells.append(cell(differences["mean_over_tasks"].get(name), metric))
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _frontier_lines(frontier: dict[str, Any] | None, short: dict[str, str]) -> list[str]:

@@ -260,7 +260,7 @@ def test_cli_eval_writes_json_markdown_and_resumes(tiny_model, tiny_tokenizer, t
     out, md, cache = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "c.jsonl"
     arguments = ["eval", "--task", str(task_file), "--strategy", "greedy", "--strategy", "autodeco", "--strategy",
                  "mean-static", "--samples", "2", "--max-new-tokens", "3", "--heads", str(tiny_heads_dir),
-                 "--json", str(out), "--markdown", str(md), "--cache", str(cache), "--compare-to", "greedy"]
+                 "--json", str(out), "--markdown", str(md), "--cache", str(cache), "--compare-to", "greedy", "--group", "g=tiny.jsonl"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
@@ -277,7 +277,9 @@ def test_cli_eval_writes_json_markdown_and_resumes(tiny_model, tiny_tokenizer, t
     shift = differences["autodeco"]
     assert shift["pass@1"] == pytest.approx(entries["autodeco"]["pass@1"] - entries["greedy"]["pass@1"])
     assert shift["pass@1_low"] <= shift["pass@1"] <= shift["pass@1_high"]
-    assert "**pass@1 minus `greedy`'s**" in md.read_text()
+    assert "**pass@1 minus `greedy`'s**" in md.read_text() and "| mean | g mean |" in md.read_text()
+    grouped = document["differences"]["greedy"]["mean_over_groups"]["g"]["autodeco"]
+    assert grouped["pass@1"] == pytest.approx(shift["pass@1"])
 
     from deco_middleware.engine import _Stepper
 
@@ -292,6 +294,12 @@ def test_cli_eval_errors_name_the_bad_value(tmp_path):
 
     from deco_middleware.cli.app import app
 
+    good_file = tmp_path / "good.jsonl"
+    good_file.write_text('{"prompt": "p", "answer": "1"}\n')
+    bad_group = CliRunner().invoke(app, ["eval", "--task", str(good_file), "--strategy", "greedy", "--group", "in=gcd"])
+    assert bad_group.exit_code == 2
+    assert "--group 'in=gcd': write NAME=TASK,TASK with this run's task names (good.jsonl); unknown: gcd" in " ".join(
+        bad_group.output.split())
     bad_baseline = CliRunner().invoke(app, ["eval", "--task", "x.jsonl", "--strategy", "greedy", "--compare-to", "oracle"])
     assert bad_baseline.exit_code == 2
     assert "--compare-to 'oracle' is not a strategy of this run; name one of: greedy" in " ".join(bad_baseline.output.split())

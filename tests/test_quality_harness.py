@@ -140,6 +140,24 @@ def test_paired_differences_give_the_hand_computed_shift_and_a_seeded_paired_int
     assert paired_differences(_hand_results(), "oracle") is None
 
 
+def test_group_means_average_the_groups_tasks_with_their_own_resamples():
+    from deco_middleware.evaluation.frontier import paired_differences
+
+    results = {"a": _hand_results()["task"], "b": _hand_results()["task"]}
+    shifted = dict(results["b"])
+    shifted["autodeco"] = _Summary("autodeco", [(0.5, 1.0)] * 24 + [(0.25, 0.0)] * 16)  # = hot: gain 0
+    results["b"] = shifted
+    groups = {"first": ["a"], "both": ["a", "b"]}
+    table = frontier_table(results, resamples=300, seed=3, groups=groups)
+    assert table["mean_over_groups"]["first"]["autodeco"]["gain"] == pytest.approx(0.1)
+    assert table["mean_over_groups"]["both"]["autodeco"]["gain"] == pytest.approx(0.05)
+    assert table["mean_over_groups"]["both"]["autodeco"] == {**table["mean_over_tasks"]["autodeco"]}
+    differences = paired_differences(results, "static:0.7,1", resamples=300, seed=3, groups=groups)
+    assert differences["mean_over_groups"]["first"]["autodeco"]["pass@1"] == pytest.approx(0.1)
+    assert differences["mean_over_groups"]["both"]["autodeco"]["pass@1"] == pytest.approx(0.05)
+    assert differences["mean_over_groups"]["first"]["autodeco"]["pass@1_low"] > 0
+
+
 def test_frontier_table_needs_two_curve_points():
     results = _hand_results()
     del results["task"]["static:0.7,1"]

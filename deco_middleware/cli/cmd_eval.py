@@ -55,6 +55,23 @@ class _RichProgress:
         pass
 
 
+def _parse_groups(texts: list[str], specs: list[str]) -> dict[str, list[str]]:
+    """``NAME=SHORT,SHORT`` -> ``{NAME: [task spec, ...]}``; short names are the tables' (``products``)."""
+    from ..evaluation.report import short_task_names
+
+    by_short = {short: spec for spec, short in short_task_names(specs).items()}
+    groups: dict[str, list[str]] = {}
+    for text in texts:
+        name, _, members = text.partition("=")
+        shorts = [m.strip() for m in members.split(",") if m.strip()]
+        unknown = [m for m in shorts if m not in by_short]
+        if not name.strip() or not shorts or unknown:
+            raise ValueError(f"--group {text!r}: write NAME=TASK,TASK with this run's task names "
+                             f"({', '.join(by_short)}){'; unknown: ' + ', '.join(unknown) if unknown else ''}.")
+        groups[name.strip()] = [by_short[m] for m in shorts]
+    return groups
+
+
 @app.command("eval")
 def evaluate(
     task: Annotated[list[str], typer.Option("--task", help=_TASK_HELP)],
@@ -94,6 +111,10 @@ def evaluate(
     compare_to: Annotated[Optional[list[str]], typer.Option(
         "--compare-to", help="Repeatable: a strategy of this run; every other strategy's pass@1 and pass@k minus "
         "its, with 95% paired bootstrap intervals over problems (tables and JSON `differences`).")] = None,
+    group: Annotated[Optional[list[str]], typer.Option(
+        "--group", help="Repeatable: NAME=TASK,TASK (short task names as in the tables, e.g. in=products,chain_sum): "
+        "the frontier gain and --compare-to tables also report the mean over the group's tasks. One run, one "
+        "dev split, so every group's tuned baselines are the same.")] = None,
 ) -> None:
     """Compare learned decoding with greedy, static, oracle, mean-static, EDT and min-p baselines.
 
@@ -122,6 +143,7 @@ def evaluate(
                 raise ValueError(f"--compare-to {baseline!r} is not a strategy of this run; name one of: "
                                  f"{', '.join(run_names)} (or add it with --strategy).")
         tasks = [load_task(spec, limit=limit) for spec in task]
+        groups = _parse_groups(group or [], [t.spec for t in tasks])
         from ..evaluation.cache import ResultCache
 
         result_cache = ResultCache(cache)  # a folder or unwritable path fails here, before the model loads
@@ -172,7 +194,7 @@ def evaluate(
         write_plot,
     )
 
-    document = results_document(results, config, compare_to=compare_to)
+    document = results_document(results, config, compare_to=compare_to, groups=groups)
     typer.echo(markdown_table(document), nl=False)
     if json_out:
         write_json(document, json_out)

@@ -89,18 +89,37 @@ def _per_problem(summary: Any) -> np.ndarray:
     return np.array([(p1, pk) for p1, pk, _ in summary.per_problem], dtype=np.float64)
 
 
+def _group_means(per_task: dict[str, dict[str, Any]], draws: dict[str, dict[str, np.ndarray]],
+                 groups: Mapping[str, Sequence[str]], estimate: Any) -> dict[str, dict[str, Any]]:
+    """``{group: {strategy: estimate(point, bootstrap samples)}}``: the mean over the group's tasks of
+    every strategy that ran on all of them (the same resampled problems per task as the per-task rows)."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, tasks in groups.items():
+        means: dict[str, Any] = {}
+        for name, by_task in draws.items():
+            if not tasks or any(task not in by_task for task in tasks):
+                continue
+            means[name] = {**estimate(name, list(tasks), np.mean(np.stack([by_task[t] for t in tasks]), axis=0)),
+                           "tasks": len(tasks)}
+        out[group] = means
+    return out
+
+
 def frontier_table(
-    results: Mapping[str, Mapping[str, Any]], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+    results: Mapping[str, Mapping[str, Any]], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any] | None:
     """Frontier gains of every strategy off the static curve, per task and averaged over tasks.
 
     ``results`` is ``{task: {strategy: DecodingSummary}}``. ``None`` when no task has at least two
     points of the static curve. Tasks without the curve, or strategies with one sample (their
-    pass@k is their pass@1), are left out.
+    pass@k is their pass@1), are left out. ``groups`` (``{name: [task, ...]}``) adds the mean over
+    each group's tasks (``mean_over_groups``), e.g. in-domain and held-out tasks of one run.
     """
     rng = np.random.default_rng(seed)
     per_task: dict[str, dict[str, Any]] = {}
     draws: dict[str, list[np.ndarray]] = {}
+    by_task_draws: dict[str, dict[str, np.ndarray]] = {}
     curves: dict[str, list[str]] = {}
     for task, by_strategy in results.items():
         points: dict[float, Any] = {}
@@ -126,6 +145,7 @@ def frontier_table(
             gain = frontier_gain(float(values[:, 0].mean()), float(values[:, 1].mean()), curve_points)
             samples = _gain_samples(values, curve_arrays, index)
             draws.setdefault(name, []).append(samples)
+            by_task_draws.setdefault(name, {})[task] = samples
             low, high = np.quantile(samples, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
             static = static_pass_at_1(curve_points, float(values[:, 1].mean()))
             entries[name] = GainEstimate(gain, float(low), float(high), static).as_dict()
@@ -141,17 +161,24 @@ def frontier_table(
         low, high = np.quantile(stacked, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
         gain = float(np.mean([per_task[task][name]["gain"] for task in tasks]))
         mean[name] = {"gain": gain, "low": float(low), "high": float(high), "tasks": len(tasks)}
-    return {
+    def gain_estimate(name: str, tasks: list[str], samples: np.ndarray) -> dict[str, float]:
+        low, high = np.quantile(samples, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+        return {"gain": float(np.mean([per_task[t][name]["gain"] for t in tasks])), "low": float(low), "high": float(high)}
+
+    table = {
         "static_curve": curves,
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "paired_over": "problems"},
         "tasks": per_task,
         "mean_over_tasks": mean,
     }
+    if groups:
+        table["mean_over_groups"] = _group_means(per_task, by_task_draws, groups, gain_estimate)
+    return table
 
 
 def paired_differences(
     results: Mapping[str, Mapping[str, Any]], baseline: str, *, resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
+    seed: int = BOOTSTRAP_SEED, groups: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any] | None:
     """pass@1 and pass@k of every strategy minus ``baseline``'s, per task and as the mean over tasks,
     each with a 95% paired bootstrap interval over problems (seeded; the same resampled problems for
@@ -160,6 +187,7 @@ def paired_differences(
     quantiles = [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]
     per_task: dict[str, dict[str, Any]] = {}
     draws: dict[str, list[np.ndarray]] = {}
+    by_task_draws: dict[str, dict[str, np.ndarray]] = {}
 
     def entry(point: np.ndarray, boot: np.ndarray) -> dict[str, float]:
         low, high = np.quantile(boot, quantiles, axis=0)
@@ -182,6 +210,7 @@ def paired_differences(
             difference = values - reference  # [problems, (pass@1, pass@k)]
             boot = difference[index].mean(axis=1)  # [resamples, 2]
             draws.setdefault(name, []).append(boot)
+            by_task_draws.setdefault(name, {})[task] = boot
             entries[name] = entry(difference.mean(axis=0), boot)
         per_task[task] = entries
     if not per_task:
@@ -193,9 +222,16 @@ def paired_differences(
             continue  # a mean over a different set of tasks would not compare
         point = np.mean([[per_task[t][name]["pass@1"], per_task[t][name]["pass@k"]] for t in tasks], axis=0)
         mean[name] = {**entry(point, np.mean(np.stack(samples), axis=0)), "tasks": len(tasks)}
-    return {"baseline": baseline,
-            "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "paired_over": "problems"},
-            "tasks": per_task, "mean_over_tasks": mean}
+    table = {"baseline": baseline,
+             "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "paired_over": "problems"},
+             "tasks": per_task, "mean_over_tasks": mean}
+    if groups:
+        def group_entry(name: str, tasks: list[str], boot: np.ndarray) -> dict[str, float]:
+            point = np.mean([[per_task[t][name]["pass@1"], per_task[t][name]["pass@k"]] for t in tasks], axis=0)
+            return entry(point, boot)
+
+        table["mean_over_groups"] = _group_means(per_task, by_task_draws, groups, group_entry)
+    return table
 
 
 __all__ = [

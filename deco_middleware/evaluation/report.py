@@ -16,13 +16,15 @@ from .runner import DecodingSummary
 
 
 def results_document(results: Mapping[str, Mapping[str, DecodingSummary]], config: dict[str, Any],
-                     compare_to: list[str] | None = None) -> dict[str, Any]:
+                     compare_to: list[str] | None = None, groups: Mapping[str, list[str]] | None = None
+                     ) -> dict[str, Any]:
     """``{"results": {TASK: {STRATEGY: {...}}}, "frontier": {...} | None, "config": {...}}``; NaN becomes ``null``.
 
     ``frontier`` holds every strategy's frontier gain over the static curve with its paired
     bootstrap interval (:func:`~.frontier.frontier_table`), when the run has the static sweep.
     ``compare_to`` adds ``"differences": {BASELINE: ...}``: every strategy's pass@1 and pass@k minus
     that baseline's, with paired bootstrap intervals (:func:`~.frontier.paired_differences`).
+    ``groups`` (``{name: [task spec, ...]}``) adds each group's mean to both (``mean_over_groups``).
     """
 
     def clean(value: Any) -> Any:
@@ -35,9 +37,9 @@ def results_document(results: Mapping[str, Mapping[str, DecodingSummary]], confi
         return value
 
     body = {task: {name: clean(summary.to_dict()) for name, summary in by_strategy.items()} for task, by_strategy in results.items()}
-    document = {"results": body, "frontier": clean(frontier_table(results)), "config": config}
+    document = {"results": body, "frontier": clean(frontier_table(results, groups=groups)), "config": config}
     if compare_to:
-        document["differences"] = {name: clean(paired_differences(results, name)) for name in compare_to}
+        document["differences"] = {name: clean(paired_differences(results, name, groups=groups)) for name in compare_to}
     return document
 
 
@@ -129,13 +131,15 @@ def _difference_lines(baseline: str, differences: dict[str, Any] | None, short: 
 
     out: list[str] = []
     for metric in ("pass@1", "pass@k"):
+        groups = differences.get("mean_over_groups") or {}
         out += ["", f"**{metric} minus `{baseline}`'s** (points; {100 * boot['confidence']:.0f}% paired bootstrap over "
                 f"problems, {boot['resamples']} resamples, seed {boot['seed']})", "",
-                "| strategy | " + " | ".join(short.get(t, t) for t in tasks) + " | mean |",
-                "|---|" + "---|" * (len(tasks) + 1)]
+                "| strategy | " + " | ".join(short.get(t, t) for t in tasks) + " | mean |" + _group_header(differences),
+                "|---|" + "---|" * (len(tasks) + 1 + len(groups))]
         for name in names:
             cells = [cell(differences["tasks"][t].get(name), metric) for t in tasks]
             cells.append(cell(differences["mean_over_tasks"].get(name), metric))
+            cells += [cell(group.get(name), metric) for group in groups.values()]
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
 
@@ -153,8 +157,8 @@ def _frontier_lines(frontier: dict[str, Any] | None, short: dict[str, str]) -> l
         f"**Frontier gain** (pass@1 points above the static-T curve at the same pass@k; "
         f"{100 * boot['confidence']:.0f}% paired bootstrap over problems, {boot['resamples']} resamples, seed {boot['seed']})",
         "",
-        "| strategy | " + " | ".join(short.get(t, t) for t in tasks) + " | mean |",
-        "|---|" + "---|" * (len(tasks) + 1),
+        "| strategy | " + " | ".join(short.get(t, t) for t in tasks) + " | mean |" + _group_header(frontier),
+        "|---|" + "---|" * (len(tasks) + 1 + len(frontier.get("mean_over_groups") or {})),
     ]
     for name in names:
         cells = []
@@ -163,8 +167,14 @@ def _frontier_lines(frontier: dict[str, Any] | None, short: dict[str, str]) -> l
             cells.append("—" if entry is None else _gain_cell(entry))
         mean = frontier["mean_over_tasks"].get(name)
         cells.append("—" if mean is None else _gain_cell(mean))
+        for group in (frontier.get("mean_over_groups") or {}).values():
+            cells.append("—" if name not in group else _gain_cell(group[name]))
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
+
+
+def _group_header(table: dict[str, Any]) -> str:
+    return "".join(f" {group} mean |" for group in (table.get("mean_over_groups") or {}))
 
 
 def _gain_cell(entry: dict[str, Any]) -> str:

@@ -118,7 +118,6 @@ def frontier_table(
     """
     rng = np.random.default_rng(seed)
     per_task: dict[str, dict[str, Any]] = {}
-    draws: dict[str, list[np.ndarray]] = {}
     by_task_draws: dict[str, dict[str, np.ndarray]] = {}
     curves: dict[str, list[str]] = {}
     for task, by_strategy in results.items():
@@ -144,7 +143,6 @@ def frontier_table(
                 continue
             gain = frontier_gain(float(values[:, 0].mean()), float(values[:, 1].mean()), curve_points)
             samples = _gain_samples(values, curve_arrays, index)
-            draws.setdefault(name, []).append(samples)
             by_task_draws.setdefault(name, {})[task] = samples
             low, high = np.quantile(samples, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
             static = static_pass_at_1(curve_points, float(values[:, 1].mean()))
@@ -152,15 +150,7 @@ def frontier_table(
         per_task[task] = entries
     if not per_task:
         return None
-    mean: dict[str, Any] = {}
-    for name, samples in draws.items():
-        tasks = [task for task, entries in per_task.items() if name in entries]
-        if len(tasks) != len(per_task):
-            continue  # a mean over a different set of tasks would not compare
-        stacked = np.mean(np.stack(samples), axis=0)
-        low, high = np.quantile(stacked, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-        gain = float(np.mean([per_task[task][name]["gain"] for task in tasks]))
-        mean[name] = {"gain": gain, "low": float(low), "high": float(high), "tasks": len(tasks)}
+
     def gain_estimate(name: str, tasks: list[str], samples: np.ndarray) -> dict[str, float]:
         low, high = np.quantile(samples, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
         return {"gain": float(np.mean([per_task[t][name]["gain"] for t in tasks])), "low": float(low), "high": float(high)}
@@ -169,7 +159,8 @@ def frontier_table(
         "static_curve": curves,
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "paired_over": "problems"},
         "tasks": per_task,
-        "mean_over_tasks": mean,
+        # Only strategies that ran on every task: a mean over a different set of tasks would not compare.
+        "mean_over_tasks": _group_means(per_task, by_task_draws, {"all": list(per_task)}, gain_estimate)["all"],
     }
     if groups:
         table["mean_over_groups"] = _group_means(per_task, by_task_draws, groups, gain_estimate)
@@ -186,7 +177,6 @@ def paired_differences(
     rng = np.random.default_rng(seed)
     quantiles = [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]
     per_task: dict[str, dict[str, Any]] = {}
-    draws: dict[str, list[np.ndarray]] = {}
     by_task_draws: dict[str, dict[str, np.ndarray]] = {}
 
     def entry(point: np.ndarray, boot: np.ndarray) -> dict[str, float]:
@@ -209,27 +199,21 @@ def paired_differences(
                 continue
             difference = values - reference  # [problems, (pass@1, pass@k)]
             boot = difference[index].mean(axis=1)  # [resamples, 2]
-            draws.setdefault(name, []).append(boot)
             by_task_draws.setdefault(name, {})[task] = boot
             entries[name] = entry(difference.mean(axis=0), boot)
         per_task[task] = entries
     if not per_task:
         return None
-    mean: dict[str, Any] = {}
-    for name, samples in draws.items():
-        tasks = [task for task, entries in per_task.items() if name in entries]
-        if len(tasks) != len(per_task):
-            continue  # a mean over a different set of tasks would not compare
+
+    def group_entry(name: str, tasks: list[str], boot: np.ndarray) -> dict[str, float]:
         point = np.mean([[per_task[t][name]["pass@1"], per_task[t][name]["pass@k"]] for t in tasks], axis=0)
-        mean[name] = {**entry(point, np.mean(np.stack(samples), axis=0)), "tasks": len(tasks)}
+        return entry(point, boot)
+
     table = {"baseline": baseline,
              "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "paired_over": "problems"},
-             "tasks": per_task, "mean_over_tasks": mean}
+             "tasks": per_task,
+             "mean_over_tasks": _group_means(per_task, by_task_draws, {"all": list(per_task)}, group_entry)["all"]}
     if groups:
-        def group_entry(name: str, tasks: list[str], boot: np.ndarray) -> dict[str, float]:
-            point = np.mean([[per_task[t][name]["pass@1"], per_task[t][name]["pass@k"]] for t in tasks], axis=0)
-            return entry(point, boot)
-
         table["mean_over_groups"] = _group_means(per_task, by_task_draws, groups, group_entry)
     return table
 

@@ -382,25 +382,20 @@ def bench_vllm(
     runs = []
     for batch in batch_sizes:
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in chat_prompt_ids(tokenizer, bench_prompts(batch))]
-        common = {"max_tokens": new_tokens, "ignore_eos": True}
-
-        def plain(repeat: int) -> None:
-            params = [SamplingParams(temperature=PLAIN_TEMPERATURE, top_p=PLAIN_TOP_P, seed=repeat * 1000 + i, **common)
-                      for i in range(batch)]
-            llm.generate(prompts, params, use_tqdm=False)
-
-        def learned(repeat: int) -> None:
-            params = [SamplingParams(seed=repeat * 1000 + i, extra_args={EXTRA_ARGS_KEY: {}}, **common)
-                      for i in range(batch)]
-            llm.generate(prompts, params, use_tqdm=False)
-
-        def temperature_only(repeat: int) -> None:  # vLLM's cheapest sampling path: no top-p sort
-            params = [SamplingParams(temperature=PLAIN_TEMPERATURE, top_p=1.0, seed=repeat * 1000 + i, **common)
-                      for i in range(batch)]
-            llm.generate(prompts, params, use_tqdm=False)
+        def run(**sampling: Any) -> Callable[[int], None]:
+            """One generate() of the batch, every request seeded from the repeat, exactly ``new_tokens`` long."""
+            def generate(repeat: int) -> None:
+                params = [SamplingParams(seed=repeat * 1000 + i, max_tokens=new_tokens, ignore_eos=True, **sampling)
+                          for i in range(batch)]
+                llm.generate(prompts, params, use_tqdm=False)
+            return generate
 
         before, missed_before = vllm_decoded_rows(llm)
-        timing = _interleaved(plain, learned, repeats, f"vllm batch {batch}", progress, temperature_only=temperature_only)
+        timing = _interleaved(
+            run(temperature=PLAIN_TEMPERATURE, top_p=PLAIN_TOP_P), run(extra_args={EXTRA_ARGS_KEY: {}}), repeats,
+            f"vllm batch {batch}", progress,
+            temperature_only=run(temperature=PLAIN_TEMPERATURE, top_p=1.0),  # vLLM's cheapest path: no top-p sort
+        )
         after, missed_after = vllm_decoded_rows(llm)
         expected = (repeats + 1) * batch * new_tokens  # the warm-up run included
         if after - before != expected or missed_after != missed_before:

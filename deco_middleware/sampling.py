@@ -32,8 +32,7 @@ import hashlib
 import math
 import numbers
 from collections.abc import Callable, Collection, Sequence
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -421,7 +420,7 @@ class DecodingSettings:
             changes["use_temperature_head"] = False
         if "top_p" not in trained and self.use_top_p_head:
             changes["use_top_p_head"] = False
-        return dataclasses.replace(self, **changes) if changes else self
+        return replace(self, **changes) if changes else self
 
 
 @dataclass

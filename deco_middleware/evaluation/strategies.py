@@ -70,7 +70,7 @@ class EvalStrategy:
     @property
     def needs_heads(self) -> bool:
         # dev:edt takes its T0 from the heads' mean temperature on the dev split.
-        return (self.name in ("mean-static", "dev:edt") or self.mean_static_scale is not None
+        return (self.name == "dev:edt" or self.mean_static_scale is not None
                 or (self.decoding is not None and self.decoding.learned))
 
     @property

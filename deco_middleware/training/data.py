@@ -140,7 +140,7 @@ class EngineSampler:
         from ..engine import Static, iter_sample
 
         for i, completions in iter_sample(
-            self.model, self.tokenizer, prompts, policy=Static(temperature, top_p), samples=len(seeds[0]),
+            self.model, self.tokenizer, prompts, policy=Static(temperature, top_p), samples=len(seeds[0]) if seeds else 1,
             seeds=seeds, max_new_tokens=max_new_tokens, max_rows=self.batch_size, stats=stats,
         ):
             yield i, [SampledText(c.text, c.finished) for c in completions]

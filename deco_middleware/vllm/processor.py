@@ -157,15 +157,16 @@ class DecoLogitsProcessor(*_INTERFACES):  # type: ignore[misc]
             captured = STEP.take()
             aligned = captured is not None and captured.rows == rows and logits.shape[0] == self.batch_size
         else:  # V2: logits row -> request slot; the heads ran on every row
-            slots = ctx.expanded_idx_mapping.cpu().numpy()
+            # One row per request (the supported case): the host-side batch -> slot map, no device sync.
+            one_row_each = logits.shape[0] == len(ctx.idx_mapping_np)
+            slots = ctx.idx_mapping_np if one_row_each else ctx.expanded_idx_mapping.cpu().numpy()
             positions = [r for r, slot in enumerate(slots.tolist()) if slot in self.rows]
             if not positions:
                 return logits
             rows, states = tuple(positions), [self.rows[int(slots[r])] for r in positions]
             captured = STEP.take()
-            # One logits row per request: speculative decoding (several rows per request) is not supported.
-            aligned = (captured is not None and captured.rows == tuple(range(logits.shape[0]))
-                       and logits.shape[0] == len(ctx.idx_mapping_np))
+            # Speculative decoding (several logits rows per request) is not supported.
+            aligned = one_row_each and captured is not None and captured.rows == tuple(range(logits.shape[0]))
             if aligned:
                 at = torch.as_tensor(positions, device=captured.hidden.device)
                 captured = CapturedRows(rows, captured.hidden.index_select(0, at),

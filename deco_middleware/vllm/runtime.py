@@ -42,7 +42,6 @@ class StepBuffer:
     def __init__(self) -> None:
         self.heads: Any = None  # DecodingHeads (manifest, trained heads) once the wrapper loaded them
         self.module: Any = None  # torch AutoDecoHeads on the model's device
-        self.top_p_trained = True
         self.unavailable_reason: str | None = "the model was not loaded through a deco_middleware.vllm wrapper"
         self._expected: tuple[int, tuple[int, ...]] | None = None
         self._captured: CapturedRows | None = None
@@ -53,12 +52,15 @@ class StepBuffer:
 
     def install(self, heads: Any, module: Any) -> None:
         self.heads, self.module, self.unavailable_reason = heads, module, None
-        # An untrained top-p head is never applied (DecodingSettings.for_trained_heads): skip its
-        # vocabulary-wide statistics (~26 ms per step at 64 rows on a 2-core CPU).
-        self.top_p_trained = "top_p" in getattr(heads, "trained_heads", ("temperature", "top_p"))
 
     def disable(self, reason: str) -> None:
         self.heads, self.module, self.unavailable_reason = None, None, reason
+
+    @property
+    def top_p_trained(self) -> bool:
+        """An untrained top-p head is never applied (DecodingSettings.for_trained_heads): ``capture`` then
+        skips its vocabulary-wide statistics (~26 ms per step at 64 rows on a 2-core CPU)."""
+        return "top_p" in getattr(self.heads, "trained_heads", ("temperature", "top_p"))
 
     @property
     def available(self) -> bool:

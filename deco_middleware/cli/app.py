@@ -37,7 +37,9 @@ SeedOption = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed,
 
 
 def _fail(message: str) -> None:
-    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    # soft_wrap: one line, never hard-wrapped at the console width, which split long paths mid-word
+    # ("checkpoint.p t") once the temporary folder's name grew past 80 columns.
+    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

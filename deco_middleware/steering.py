@@ -26,6 +26,9 @@ Steer = Literal["low", "high"]
 STEER_VALUES: tuple[str, ...] = ("low", "high")
 
 
+# The first six of each direction are the original set; the minimal pairs after them put the same
+# words ("randomness", "hasard", "Zufall", ...) on both sides, so that only the quantifier tells the
+# directions apart; French and German ones are disjoint from the evaluation's.
 TRAIN_PHRASINGS: dict[str, tuple[str, ...]] = {
     "low": (
         "Answer with low randomness.",
@@ -34,6 +37,18 @@ TRAIN_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Respond conservatively, with minimal randomness.",
         "Please be as deterministic as possible.",
         "Keep your answer focused and predictable.",
+        "Reply with as little randomness as you can.",
+        "Less randomness, please.",
+        "Answer with no randomness at all.",
+        "Keep the randomness of your reply very low.",
+        "Do not be random; give the most likely answer.",
+        "Use hardly any randomness in this answer.",
+        "Sois précis et prudent, sans aucun hasard.",
+        "Réponds de la façon la plus prévisible.",
+        "Moins de hasard, s'il te plaît.",
+        "Sei genau und vorsichtig, ganz ohne Zufall.",
+        "Antworte so vorhersehbar wie möglich.",
+        "Bitte weniger Zufall.",
     ),
     "high": (
         "Answer with high randomness.",
@@ -42,8 +57,34 @@ TRAIN_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Respond freely, with maximal randomness.",
         "Please be as random as possible.",
         "Make your answer surprising and unpredictable.",
+        "Reply with as much randomness as you can.",
+        "More randomness, please.",
+        "Answer with plenty of randomness.",
+        "Keep the randomness of your reply very high.",
+        "Be random; do not give the most likely answer.",
+        "Use a great deal of randomness in this answer.",
+        "Sois créatif et audacieux, avec beaucoup d'imprévu.",
+        "Réponds de la façon la plus imprévisible.",
+        "Plus de hasard, s'il te plaît.",
+        "Sei kreativ und verspielt, voller Überraschungen.",
+        "Antworte so unvorhersehbar wie möglich.",
+        "Bitte mehr Zufall.",
     ),
 }
+
+# Training only: sentences that ask nothing of the decoding. A copy of a completion under one of them
+# teaches the heads to keep their temperature (``OutcomeConfig.steer_hold_weight``): without it any
+# appended sentence raised T by ~0.1 on the same tokens (docs/training.md).
+NEUTRAL_PHRASINGS: tuple[str, ...] = (
+    "Please answer the question.",
+    "Thanks in advance.",
+    "I need this for my homework.",
+    "Give the final answer at the end.",
+    "Explain your answer briefly.",
+    "This is a question from a quiz.",
+    "Merci d'avance.",
+    "Danke im Voraus.",
+)
 
 EVAL_PHRASINGS: dict[str, tuple[str, ...]] = {
     "low": (

@@ -223,7 +223,8 @@ def test_training_and_evaluation_phrasings_are_disjoint() -> None:
         held_out = {p.lower().strip() for p in steering.EVAL_PHRASINGS[direction]}
         assert train and held_out and not train & held_out
     every = [p for d in steering.STEER_VALUES for s in (steering.TRAIN_PHRASINGS, steering.EVAL_PHRASINGS) for p in s[d]]
-    assert len(every) == len(set(every))
+    every += list(steering.NEUTRAL_PHRASINGS)
+    assert len({p.lower().strip() for p in every}) == len(every)
 
 
 def test_steer_prompt_puts_the_instruction_at_the_end_of_the_user_turn() -> None:
@@ -295,6 +296,64 @@ def test_training_with_pairs_separates_low_and_high_mean_temperature() -> None:
     # Held-out pairs: low below neutral below high, by most of the margin.
     assert after["dT_low"] < -0.15 and after["dT_high"] > 0.15
     assert after["dT_high"] - after["dT_low"] > (before["dT_high"] - before["dT_low"]) + 0.3
+
+
+def test_neutral_copies_and_the_hold_term_keep_the_temperature_under_a_neutral_sentence() -> None:
+    """A neutral sentence shifts the hidden states along its own direction; a steering pair is there too
+    (the instructions shift along another). With the hold term the fitted heads keep mean T under the
+    neutral sentence within a few hundredths of the plain prompt's; with weight 0 they do not."""
+    records = [{"group": "a", "prompt": "p1", "completion": "c", "completion_ids": [1, 2], "reward": 1.0, "count": 1}]
+    out = add_steer_pairs(records, per_group=1, seed=0, neutral=steering.NEUTRAL_PHRASINGS)
+    assert [(c["steer"], c["pair"]) for c in out[1:]] == [("low", 0), ("high", 0), ("neutral", 0)]
+    assert out[3]["prompt"].split("\n\n")[1] in steering.NEUTRAL_PHRASINGS and out[3]["completion_ids"] == [1, 2]
+    rng = np.random.default_rng(4)
+    hidden_size, vocab, length = 16, 30, 5
+    lm_head = rng.normal(size=(vocab, hidden_size))
+    steer_direction, neutral_direction = rng.normal(size=hidden_size), rng.normal(size=hidden_size)
+    info, lengths, hidden, labels = [], [], [], []
+    for pair in range(40):
+        base = rng.normal(size=(length, hidden_size))
+        y = rng.integers(0, vocab, length)
+        plain = len(info)
+        for steer, shift in ((None, 0.0), ("low", -steer_direction), ("high", steer_direction),
+                             ("neutral", 2.0 * neutral_direction)):
+            info.append({"group": f"g{pair}", "steer": steer, "pair": plain if steer else None,
+                         "reward": None if steer else float(pair % 2), "temperature": 0.6, "count": 1})
+            lengths.append(length)
+            hidden.append(base + shift)
+            labels.append(y)
+    cache = _memory_cache(info, lengths, np.concatenate(hidden), np.concatenate(labels), lm_head)
+    shifts = {}
+    for weight in (0.0, 5.0):
+        config = OutcomeConfig(learning_rate=3e-3, epochs=20, pairs_per_step=8, validation_fraction=0.25, seed=2,
+                               train_top_p=False, inner_size=32, steer_margin=0.25, steer_hold_weight=weight)
+        plan = plan_outcome_data(cache, config.validation_fraction, config.seed)
+        assert len(plan.train_holds) == len(plan.train_pairs) and plan.val_holds
+        fit = fit_outcome(cache, config)
+        assert fit.validation["dT_low"] < -0.1 and fit.validation["dT_high"] > 0.1
+        shifts[weight] = fit.validation["dT_neutral_abs"]
+    assert shifts[5.0] < 0.05 and shifts[0.0] > 2 * shifts[5.0]
+
+
+def test_hold_loss_is_zero_within_the_tolerance() -> None:
+    from deco_middleware.heads.modules import AutoDecoHeads
+    from deco_middleware.training.outcome import hold_loss
+
+    hidden = np.ones((4, 8), dtype=np.float32)
+    cache = _memory_cache([{"group": "g", "reward": 1.0, "temperature": 0.6, "count": 1},
+                           {"group": "g", "steer": "neutral", "pair": 0}], [2, 2], hidden, np.zeros(4), np.ones((5, 8)))
+    plan = plan_outcome_data(cache, 0.0, 0)
+    assert plan.train_holds == [(0, 1)]
+    torch.manual_seed(0)
+    heads = AutoDecoHeads(8, inner_size=4)
+    loss, stats = hold_loss(heads, cache, plan, plan.train_holds, OutcomeConfig())
+    assert float(loss.detach()) == 0.0 and stats["dT_neutral"] == 0.0  # same hidden states: no shift
+    cache.hidden[2:] = np.linspace(-3, 3, 16, dtype=np.float32).reshape(2, 8)  # the copy's hidden states move
+    loss, stats = hold_loss(heads, cache, plan, plan.train_holds, OutcomeConfig(steer_hold_tolerance=0.0))
+    with torch.no_grad():
+        plain = heads.temp_head(torch.from_numpy(cache.hidden[:2])).mean()
+        copy = heads.temp_head(torch.from_numpy(cache.hidden[2:])).mean()
+    assert float(loss.detach()) == pytest.approx(abs(float(copy - plain)), abs=1e-6) and float(loss.detach()) > 0
 
 
 # -- honesty rules of the data ----------------------------------------------------------------------
@@ -414,3 +473,57 @@ def test_rollout_prompts_never_include_an_evaluation_prompt() -> None:
     for seed in (90210, 4242, 5151):
         with pytest.raises(Exception, match="evaluation or dev seed"):
             RolloutConfig(seed=seed)
+
+
+def test_on_policy_rollouts_record_the_heads_per_token_behaviour(tiny_lm, tmp_path: Path) -> None:
+    """Draws by the heads at autodeco@S keep the T and P the sampler applied at every token; they equal
+    the heads' prediction on the cached hidden states (times S), and the outcome objective reads them."""
+    import json
+
+    from deco_middleware.heads.artifact import export_heads
+    from deco_middleware.heads.torch_artifact import torch_heads_from_artifact
+    from deco_middleware.hf import model_identity
+    from deco_middleware.heads import DecodingHeads
+    from deco_middleware.training.cache import FeatureCache
+    from deco_middleware.training.outcome import behaviour_token_log_prob, record_behaviour
+    from deco_middleware.training.rollouts import build_rollout_cache, generate_rollouts
+
+    from conftest import random_heads_weights
+
+    model, tokenizer = tiny_lm
+    heads_dir = tmp_path / "heads"
+    export_heads(random_heads_weights(model.config.hidden_size, seed=3), heads_dir, base_model=model_identity(model))
+    config = RolloutConfig(tasks=("products",), prompts_per_task=2, temperatures=(1.0,), samples_per_temperature=2,
+                           max_new_tokens=5, batch_size=4, seed=5, heads=str(heads_dir), head_scales=(0.5,))
+    out = tmp_path / "r.jsonl"
+    summary = generate_rollouts(model, tokenizer, config, out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    learned = [r for r in records if r.get("behaviour") == "autodeco@0.5"]
+    assert learned and sum(r["count"] for r in records) == 2 * 2 * 2 == summary["draws"]
+    assert set(summary["tasks"]["products"]["by_temperature"]) == {"1.0", "autodeco@0.5"}
+    eos = tokenizer.eos_token_id
+    for r in records:  # the end-of-turn token once, last, when drawn (it used to be appended a second time)
+        assert r["completion_ids"].count(eos) == (0 if r["truncated"] else 1)
+        assert r["truncated"] or r["completion_ids"][-1] == eos
+    cache = build_rollout_cache(model, tokenizer, records, tmp_path / "cache")
+    torch_heads = torch_heads_from_artifact(DecodingHeads.from_pretrained(heads_dir))
+    sequence = np.asarray(cache.sequence)
+    for index, r in enumerate(records):
+        tokens = np.flatnonzero(sequence == index)
+        temperature, top_p = record_behaviour(cache.meta["record_info"][index], len(tokens))
+        if r.get("behaviour") is None:
+            assert np.all(temperature == 1.0) and np.all(top_p == 1.0)
+            continue
+        hidden = torch.from_numpy(np.asarray(cache.hidden[tokens], dtype=np.float32))
+        logits = cache.logits(hidden)
+        with torch.no_grad():
+            predicted_t, predicted_p = torch_heads(hidden, logits)
+        np.testing.assert_allclose(temperature, 0.5 * predicted_t.numpy(), atol=1e-3)
+        np.testing.assert_allclose(top_p, predicted_p.numpy(), atol=1e-3)
+        labels = torch.from_numpy(np.asarray(cache.labels[tokens], dtype=np.int64))
+        old = behaviour_token_log_prob(logits, labels, torch.from_numpy(temperature), torch.from_numpy(top_p))
+        assert torch.isfinite(old).all() and bool((old <= 1e-6).all())
+    with pytest.raises(Exception, match="per-token temperatures"):
+        record_behaviour(cache.meta["record_info"][[i for i, r in enumerate(records) if r.get("behaviour")][0]], 99)
+    with pytest.raises(Exception, match="head_scales"):
+        RolloutConfig(tasks=("products",), heads=str(heads_dir))

@@ -34,9 +34,16 @@ def rollouts_command(
     seed: Annotated[int, typer.Option()] = 21,
     steer_pairs: Annotated[int, typer.Option(min=0, help="Per prompt group, how many draws also get a 'low' and a "
                                                         "'high' instruction copy (0: no steering data).")] = 0,
+    steer_neutral: Annotated[bool, typer.Option(help="With --steer-pairs: also a copy under a sentence that asks "
+                                                     "nothing of the decoding (steering.NEUTRAL_PHRASINGS), for the "
+                                                     "outcome fit's hold term.")] = False,
+    heads: Annotated[Optional[str], typer.Option(help="On-policy draws: heads (shipped name or folder) that also "
+                                                     "sample every prompt, at each --head-scales value.")] = None,
+    head_scales: Annotated[Optional[str], typer.Option(help="Comma-separated autodeco@S scales for --heads, e.g. 0.5,1.")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1)] = None,
 ) -> None:
-    """Sample every prompt at every temperature and keep every draw, graded, with its behaviour policy."""
+    """Sample every prompt at every temperature (and with --heads, by the heads themselves) and keep every
+    draw, graded, with its behaviour policy."""
     command = _command_line("rollouts", dict(locals()))  # before any import adds names to locals()
     from ..training.data import read_jsonl, write_jsonl
     from ..training.rollouts import ROLLOUT_TASKS, RolloutConfig, add_steer_pairs, generate_rollouts
@@ -47,11 +54,15 @@ def rollouts_command(
                                prompts_per_task=prompts_per_task, prompts_for=counts,
                                temperatures=_floats(temperatures, "temperatures"),
                                samples_per_temperature=samples_per_temperature, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, seed=seed)
+                               batch_size=batch_size, seed=seed, heads=heads,
+                               head_scales=_floats(head_scales, "head-scales") if head_scales else ())
         loaded_model, tokenizer = _load(model, "float32", threads)
         summary = generate_rollouts(loaded_model, tokenizer, config, out, log=lambda m: console.print(m))
         if steer_pairs:
-            records = add_steer_pairs(read_jsonl(out), per_group=steer_pairs, seed=seed)
+            from ..steering import NEUTRAL_PHRASINGS
+
+            records = add_steer_pairs(read_jsonl(out), per_group=steer_pairs, seed=seed,
+                                      neutral=NEUTRAL_PHRASINGS if steer_neutral else None)
             write_jsonl(records, out)
             summary["steer_copies"] = sum(1 for r in records if r.get("steer"))
     except (DecoError, ValueError) as error:
@@ -80,6 +91,8 @@ def outcome_command(
     steer_weight: Annotated[float, typer.Option()] = 1.0,
     steer_margin: Annotated[float, typer.Option()] = 0.25,
     steer_margin_top_p: Annotated[float, typer.Option()] = 0.0,
+    steer_hold_weight: Annotated[float, typer.Option(help="Weight of the hold term on neutral-sentence copies.")] = 1.0,
+    steer_hold_tolerance: Annotated[float, typer.Option(help="|dT| the hold term allows before it costs.")] = 0.02,
     pairs_per_step: Annotated[int, typer.Option(min=1)] = 4,
     validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
@@ -98,6 +111,7 @@ def outcome_command(
                                groups_per_step=groups_per_step, clip=clip, dual_clip=dual_clip, rare_bonus=rare_bonus,
                                reference_weight=reference_weight, train_top_p=train_top_p, steer_weight=steer_weight,
                                steer_margin=steer_margin, steer_margin_top_p=steer_margin_top_p,
+                               steer_hold_weight=steer_hold_weight, steer_hold_tolerance=steer_hold_tolerance,
                                pairs_per_step=pairs_per_step, validation_fraction=validation_fraction, seed=seed,
                                max_steps=max_steps, temperature_features=temperature_features)
         result = fit_outcome(features, config)

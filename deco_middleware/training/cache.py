@@ -37,7 +37,9 @@ from ..progress import ProgressBar, ProgressCallback
 META_NAME = "meta.json"
 CACHE_FORMAT = 1
 HIDDEN_DTYPES = ("float16", "float32")
-RECORD_INFO_KEYS = ("task", "group", "reward", "temperature", "top_p", "count", "steer", "pair")
+# ``temperatures`` / ``top_ps`` / ``behaviour``: the per-token behaviour of on-policy rollouts (training/rollouts.py).
+RECORD_INFO_KEYS = ("task", "group", "reward", "temperature", "top_p", "count", "steer", "pair", "behaviour",
+                    "temperatures", "top_ps")
 
 
 

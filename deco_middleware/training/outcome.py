@@ -4,7 +4,8 @@ The LM is frozen, so the feature cache gives the exact raw logits ``l = h @ W^T`
 of every sampled trajectory. The log-probability of a trajectory under *any* head policy
 ``(T_t, P_t)`` is therefore computable without generating again (:func:`trajectory_log_prob`),
 and so is its log-probability under the behaviour policy it was drawn from (a static
-temperature ``T_b`` at P = 1: ``log softmax(l / T_b)[y]``, exact).
+temperature ``T_b`` at P = 1: ``log softmax(l / T_b)[y]``, exact; for on-policy draws of the heads
+the sampler's own per-token ``(T_t, P_t)``, :func:`record_behaviour`).
 
 Objective ``"ppo"`` (per prompt group of rollouts, :mod:`.rollouts`):
 
@@ -24,14 +25,15 @@ Steering (issue #13): records of the same completion under a "low" and a "high" 
 (``steer`` in ``record_info``, ``pair`` = the index of the neutral record) add the margin ranking
 loss ``relu(m - (mean T_neutral - mean T_low)) + relu(m - (mean T_high - mean T_neutral))`` on the
 per-sequence mean temperature (and with ``steer_margin_top_p > 0`` the same on P); neutral
-records keep the usual objective, so accuracy is held by it.
+records keep the usual objective, so accuracy is held by it. Copies under a sentence that asks
+nothing of the decoding (``steer="neutral"``) add the hold term :func:`hold_loss`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -71,6 +73,10 @@ class OutcomeConfig:
     steer_weight: float = 1.0
     steer_margin: float = 0.25
     steer_margin_top_p: float = 0.0
+    # Hold term: on a copy of a completion under a neutral sentence (steering.NEUTRAL_PHRASINGS), the
+    # mean T must stay within `steer_hold_tolerance` of the plain prompt's: relu(|dT| - tol), this weight.
+    steer_hold_weight: float = 1.0
+    steer_hold_tolerance: float = 0.02
     pairs_per_step: int = 4
     validation_fraction: float = 0.1
     seed: int = 0
@@ -89,6 +95,8 @@ class OutcomeConfig:
             raise ValueError(f"`dual_clip` has to be > 1 (usually 3) or 0 (off), got {self.dual_clip!r}.")
         if self.steer_margin < 0 or self.steer_margin_top_p < 0:
             raise ValueError("Steering margins have to be >= 0.")
+        if self.steer_hold_weight < 0 or self.steer_hold_tolerance < 0:
+            raise ValueError("`steer_hold_weight` and `steer_hold_tolerance` have to be >= 0.")
         if self.temperature_features not in TEMPERATURE_FEATURES:
             raise ValueError(f"`temperature_features` must be one of {', '.join(TEMPERATURE_FEATURES)}, "
                              f"got {self.temperature_features!r}.")
@@ -122,6 +130,33 @@ def trajectory_log_prob(logits: Any, labels: Any, temperature: Any, top_p: Any) 
     kept_mass = (sorted_probs * keep).sum(dim=-1)
     out = torch.log(label_prob) - torch.log(kept_mass)
     return torch.where(inside, out, torch.full_like(out, -math.inf))
+
+
+def record_behaviour(info: dict[str, Any], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The behaviour ``(T_t, P_t)`` of one rollout's ``length`` tokens: its per-token values (on-policy
+    draws) or its static ``temperature`` at P = 1."""
+    temperatures, top_ps = info.get("temperatures"), info.get("top_ps")
+    if temperatures is None:
+        return np.full(length, float(info["temperature"]), dtype=np.float32), np.ones(length, dtype=np.float32)
+    if len(temperatures) != length or len(top_ps or ()) != length:
+        raise TrainingDataError(
+            f"A rollout of group {info.get('group')!r} has {len(temperatures)} per-token temperatures and "
+            f"{len(top_ps or ())} top-p values for {length} cached tokens; rebuild the cache from the rollouts file.")
+    return np.asarray(temperatures, dtype=np.float32), np.asarray(top_ps, dtype=np.float32)
+
+
+def behaviour_token_log_prob(logits: Any, labels: Any, temperature: Any, top_p: Any) -> Any:
+    """``log pi_b(y)`` per token at the behaviour's ``(T_t, P_t)``: exact at P = 1, the sampler's nucleus
+    otherwise (:func:`trajectory_log_prob`); a drawn label that falls just outside the nucleus in float
+    rounding gets its P = 1 value instead of ``-inf``."""
+    plain = behaviour_log_prob(logits, labels, temperature)
+    truncated = top_p < 1.0
+    if not bool(truncated.any()):
+        return plain
+    nucleus = trajectory_log_prob(logits[truncated], labels[truncated], temperature[truncated], top_p[truncated])
+    out = plain.clone()
+    out[truncated] = torch.where(torch.isfinite(nucleus), nucleus, plain[truncated])
+    return out
 
 
 def group_advantages(rewards: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -169,6 +204,8 @@ class _Plan:
     train_pairs: list[tuple[int, int, int]]  # (neutral, low, high) record indices
     val_pairs: list[tuple[int, int, int]]
     info: list[dict[str, Any]]
+    train_holds: list[tuple[int, int]] = field(default_factory=list)  # (plain, neutral-sentence copy)
+    val_holds: list[tuple[int, int]] = field(default_factory=list)
 
 
 def plan_outcome_data(cache: FeatureCache, validation_fraction: float, seed: int) -> _Plan:
@@ -187,7 +224,7 @@ def plan_outcome_data(cache: FeatureCache, validation_fraction: float, seed: int
     for index, record in enumerate(info):
         if len(token_slices[index]) == 0:
             continue
-        if record.get("steer") in ("low", "high"):
+        if record.get("steer") in ("low", "high", "neutral"):
             pairs.setdefault(int(record["pair"]), {})[record["steer"]] = index
         elif record.get("reward") is not None:
             groups.setdefault(str(record["group"]), []).append(index)
@@ -205,7 +242,9 @@ def plan_outcome_data(cache: FeatureCache, validation_fraction: float, seed: int
                 and len(token_slices[neutral])]
     train_pairs = [t for t in triplets if group_of.get(t[0]) not in val_names]
     val_pairs = [t for t in triplets if group_of.get(t[0]) in val_names]
-    return _Plan(token_slices, train_groups, val_groups, solved, train_pairs, val_pairs, info)
+    holds = [(plain, p["neutral"]) for plain, p in sorted(pairs.items()) if "neutral" in p and len(token_slices[plain])]
+    return _Plan(token_slices, train_groups, val_groups, solved, train_pairs, val_pairs, info,
+                 [h for h in holds if group_of.get(h[0]) not in val_names], [h for h in holds if group_of.get(h[0]) in val_names])
 
 
 def _tokens(cache: FeatureCache, indices: np.ndarray) -> tuple[Any, Any, Any]:
@@ -242,9 +281,11 @@ def group_loss(heads: Any, cache: FeatureCache, plan: _Plan, groups: list[list[i
         advantages[start:end] = group_advantages(shaped, counts[start:end])
         start = end
     owner_t = torch.from_numpy(owner)
-    behaviour_t = torch.tensor([float(plan.info[m]["temperature"]) for m in members])[owner_t]
+    behaviour = [record_behaviour(plan.info[m], len(plan.token_slices[m])) for m in members]
+    behaviour_t = torch.from_numpy(np.concatenate([b[0] for b in behaviour]))
+    behaviour_p = torch.from_numpy(np.concatenate([b[1] for b in behaviour]))
     with torch.no_grad():
-        old = behaviour_log_prob(logits, labels, behaviour_t)
+        old = behaviour_token_log_prob(logits, labels, behaviour_t, behaviour_p)
     log_prob, temperature, top_p = _head_log_prob(heads, hidden, logits, labels, config)
     per_token = ppo_surrogate(log_prob, old, torch.from_numpy(advantages).float()[owner_t], config.clip,
                               config.dual_clip)
@@ -292,6 +333,23 @@ def steer_loss(heads: Any, cache: FeatureCache, plan: _Plan, triplets: list[tupl
     return loss, stats
 
 
+def hold_loss(heads: Any, cache: FeatureCache, plan: _Plan, holds: list[tuple[int, int]], config: OutcomeConfig
+              ) -> tuple[Any, dict[str, float]]:
+    """``relu(|mean T_copy - mean T_plain| - tolerance)``, mean over (plain, neutral-sentence copy) pairs of one
+    completion: a sentence that asks nothing of the decoding should not move the temperature."""
+    members = [m for h in holds for m in h]
+    indices = np.concatenate([plan.token_slices[m] for m in members])
+    owner = torch.from_numpy(np.concatenate([np.full(len(plan.token_slices[m]), k) for k, m in enumerate(members)]))
+    hidden = torch.from_numpy(np.asarray(cache.hidden[indices], dtype=np.float32))
+    logits = cache.logits(hidden) if heads.temperature_features != "hidden" else None
+    temperature = heads.temp_head(hidden, logits)
+    lengths = torch.bincount(owner, minlength=len(members)).float().clamp(min=1)
+    mean_t = (torch.zeros(len(members)).index_add(0, owner, temperature) / lengths).view(-1, 2)
+    shift = mean_t[:, 1] - mean_t[:, 0]
+    loss = torch.relu(shift.abs() - config.steer_hold_tolerance).mean()
+    return loss, {"dT_neutral": float(shift.detach().mean()), "dT_neutral_abs": float(shift.detach().abs().mean())}
+
+
 @dataclass
 class OutcomeFit:
     heads: Any
@@ -319,6 +377,9 @@ def validate(heads: Any, cache: FeatureCache, plan: _Plan, config: OutcomeConfig
         out["temperature_mean"] = round(float(np.mean(temps)), 4)
     if plan.val_pairs:
         _, stats = steer_loss(heads, cache, plan, plan.val_pairs, config)
+        out.update({k: round(v, 4) for k, v in stats.items()})
+    if plan.val_holds:
+        _, stats = hold_loss(heads, cache, plan, plan.val_holds, config)
         out.update({k: round(v, 4) for k, v in stats.items()})
     return out
 
@@ -354,6 +415,8 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
     rng = np.random.default_rng(config.seed + 1)
     group_order: list[int] = []
     pair_order: list[int] = []
+    hold_order: list[int] = []
+    rng_hold = np.random.default_rng(config.seed + 2)  # its own stream: runs without holds draw as before
     trained_tokens = 0
     bar = ProgressBar("outcome training", total_steps, progress=progress)
     for step in range(total_steps):
@@ -376,6 +439,14 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
             del pair_order[:config.pairs_per_step]
             part, stats = steer_loss(heads, cache, plan, chosen_pairs, config)
             loss = loss + config.steer_weight * part
+            record.update({k: round(v, 4) for k, v in stats.items()})
+        if plan.train_holds and config.steer_hold_weight > 0:
+            if len(hold_order) < config.pairs_per_step:
+                hold_order += list(rng_hold.permutation(len(plan.train_holds)))
+            chosen_holds = [plan.train_holds[i] for i in hold_order[:config.pairs_per_step]]
+            del hold_order[:config.pairs_per_step]
+            part, stats = hold_loss(heads, cache, plan, chosen_holds, config)
+            loss = loss + config.steer_hold_weight * part
             record.update({k: round(v, 4) for k, v in stats.items()})
         optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:

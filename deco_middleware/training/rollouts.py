@@ -97,6 +97,8 @@ class RolloutConfig:
     max_new_tokens: int = 48
     batch_size: int = 192
     seed: int = 21
+    heads: str | None = None  # heads name or folder for on-policy draws (see the module docstring)
+    head_scales: Sequence[float] = ()  # autodeco@S scales drawn with ``heads``
 
     def __post_init__(self) -> None:
         for name in self.tasks:
@@ -109,6 +111,11 @@ class RolloutConfig:
             raise TrainingDataError(f"Seed {self.seed} is the evaluation or dev seed; pick another training seed.")
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
+        if any(s <= 0 for s in self.head_scales):
+            raise TrainingDataError(f"`head_scales` must be positive numbers, got {list(self.head_scales)}.")
+        if bool(self.heads) != bool(self.head_scales):
+            raise TrainingDataError("On-policy draws need both `heads` and `head_scales` (e.g. heads=smollm2-135m-instruct-ppo, "
+                                    f"head_scales=(0.5, 1.0)); got heads={self.heads!r}, head_scales={list(self.head_scales)}.")
 
     def as_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -123,6 +130,15 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
     """
     from ..engine import EngineStats, Static, derive_seed, iter_sample
 
+    behaviours: list[tuple[Any, Any]] = [(t, Static(t, 1.0)) for t in config.temperatures]
+    if config.heads:
+        from ..heads import DecodingHeads
+        from ..heads.select import heads_for_model
+        from ..strategies import parse_strategy
+
+        heads = heads_for_model(DecodingHeads.from_pretrained(config.heads), model)
+        behaviours += [(f"autodeco@{s:g}", parse_strategy(f"autodeco@{s:g}").predictor(heads)) for s in config.head_scales]
+
     started = time.perf_counter()
     out = Path(out)
     problems, scorers = [], {}
@@ -133,7 +149,6 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
         found, dataset = make_problems(dataset_name, count, config.seed, dict(task_config), exclude=held_out)
         problems += [(name, p) for p in found]
         scorers[name] = dataset.score_answer
-    eos = tokenizer.eos_token_id
     stats = EngineStats()
     merged: dict[tuple[int, float, tuple[int, ...]], dict[str, Any]] = {}
     partial = out.with_name(out.name + ".partial")
@@ -148,18 +163,18 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
     with open(partial, "w", encoding="utf-8") as raw:
         for start in range(0, len(order), chunk):
             part = order[start:start + chunk]
-            for temperature in config.temperatures:
+            for temperature, policy in behaviours:
                 seeds = [[derive_seed(config.seed, problems[j][0], problems[j][1].index, temperature, k)
                           for k in range(config.samples_per_temperature)] for j in part]
                 for local, completions in iter_sample(
-                    model, tokenizer, [problems[j][1].prompt for j in part], policy=Static(temperature, 1.0),
+                    model, tokenizer, [problems[j][1].prompt for j in part], policy=policy,
                     samples=config.samples_per_temperature, seeds=seeds, max_new_tokens=config.max_new_tokens,
                     max_rows=config.batch_size, stats=stats,
                 ):
                     i = part[local]
                     name, problem = problems[i]
                     for completion in completions:
-                        ids = list(completion.token_ids) + ([int(eos)] if completion.finished and eos is not None else [])
+                        ids = [int(i) for i in completion.token_ids]  # the end-of-turn token included when drawn
                         reward = float(grade_reply(completion.text, problem.entry, scorers[name]) >= CORRECT_SCORE)
                         key = (i, temperature, tuple(ids))
                         if key in merged:
@@ -170,10 +185,17 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
                                   "completion": completion.text, "completion_ids": ids,
                                   "truncated": not completion.finished, "temperature": temperature, "top_p": 1.0,
                                   "reward": reward, "count": 1, "source": "rollout"}
+                        if isinstance(temperature, str):  # on-policy: the behaviour is per token
+                            record.update(behaviour=temperature, temperatures=[round(float(t), 6) for t in
+                                                                               completion.temperatures],
+                                          top_ps=[round(float(q), 6) for q in completion.top_ps],
+                                          temperature=round(float(sum(completion.temperatures)) /
+                                                            max(1, len(completion.temperatures)), 4),
+                                          top_p=round(float(sum(completion.top_ps)) / max(1, len(completion.top_ps)), 4))
                         merged[key] = record
                 raw.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged.values()
                                   if r["group"] in {f"{problems[j][0]}:{config.seed}:{problems[j][1].index}" for j in part}
-                                  and r["temperature"] == temperature))
+                                  and r.get("behaviour", r["temperature"]) == temperature))
                 raw.flush()
                 if log is not None:
                     log(f"prompts {start + len(part)}/{len(order)}, T={temperature}: {stats.generated_tokens} tokens, "
@@ -207,7 +229,7 @@ def rollout_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         t["correct"] += n * r["reward"]
         t["distinct"] += 1
         t["tokens"] += len(r["completion_ids"])
-        by_t = t["by_temperature"].setdefault(str(r["temperature"]), [0, 0])
+        by_t = t["by_temperature"].setdefault(str(r.get("behaviour", r["temperature"])), [0, 0])
         by_t[0] += n * r["reward"]
         by_t[1] += n
         groups.setdefault(r["group"], []).append(r["reward"])
@@ -227,7 +249,8 @@ def rollout_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, seed: int = 0,
-                    phrasings: dict[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+                    phrasings: dict[str, Sequence[str]] | None = None,
+                    neutral: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``records`` followed by a "low" and a "high" copy of up to ``per_group`` records per prompt group.
 
     A copy has the same completion (ids included) under the prompt with a *training* phrasing of
@@ -235,6 +258,8 @@ def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, se
     ``steer_prompt`` puts it; ``steer`` names the direction and ``pair`` the index of the neutral
     record in the returned list. Copies carry no reward: the policy-gradient groups use neutral
     records only, and the ranking loss compares the heads on the three versions of one completion.
+    With ``neutral`` phrasings (e.g. :data:`deco_middleware.steering.NEUTRAL_PHRASINGS`) each such
+    record also gets a copy under one of them (``steer="neutral"``), for the hold term.
     """
     import random
 
@@ -253,6 +278,11 @@ def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, se
             copy = {k: v for k, v in record.items() if k not in ("reward", "count")}
             copy.update(prompt=steer_prompt(record["prompt"], direction, rng.choice(list(phrasings[direction]))),
                         steer=direction, pair=index, source="steer")
+            out.append(copy)
+        if neutral:
+            copy = {k: v for k, v in record.items() if k not in ("reward", "count")}
+            copy.update(prompt=f"{record['prompt']}\n\n{rng.choice(list(neutral))}", steer="neutral", pair=index,
+                        source="steer")  # where steer_prompt puts an instruction
             out.append(copy)
     return out
 

@@ -108,3 +108,29 @@ def test_the_recorded_command_line_holds_options_only():
     line = _command_line("rollouts", {"out": P("r.jsonl"), "read_jsonl": json_module.loads, "RolloutConfig": dict,
                                       "json": json_module, "seed": 3, "resume": True, "tasks": None})
     assert line == "deco train rollouts --out r.jsonl --seed 3 --resume"
+
+
+def test_rollouts_heads_without_scales_is_refused_with_the_fix(tmp_path):
+    result = CliRunner().invoke(app, ["train", "rollouts", "--out", str(tmp_path / "r.jsonl"), "--heads",
+                                      "smollm2-135m-instruct", "--tasks", "products"])
+    assert result.exit_code == 2, result.output
+    assert "head_scales" in result.output and "0.5" in result.output
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("stage", ["data", "cache", "fit", "rollouts", "outcome"])
+def test_every_recorded_option_is_an_option_of_the_command(stage):
+    """The recorded command must replay: `train_top_p` was written `--no-train-top-p`, the flag is `--no-top-p`."""
+    import inspect
+
+    from deco_middleware.cli.cmd_train import _command_line
+
+    group = typer.main.get_command(app).commands["train"]
+    command = group.commands[stage]
+    flags = {flag for p in command.params for flag in (*p.opts, *p.secondary_opts)}
+    callback = inspect.signature(command.callback)
+    for name, parameter in callback.parameters.items():
+        samples = (True, False) if isinstance(parameter.default, bool) else ("x",)
+        for value in samples:
+            words = _command_line(stage, {name: value}).split()[3:]
+            assert words and words[0] in flags, (stage, name, words)

@@ -19,7 +19,7 @@ app.add_typer(train_app, name="train")
 ModelOption = Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M-Instruct) or a local model folder.")]
 
 
-_OPTION_NAMES = {"learning_rate": "--lr"}
+_OPTION_NAMES = {"learning_rate": "--lr", "train_top_p": "--top-p"}  # parameters whose option has another name
 # Who draws the samples of `deco train data`: the torch engine (deco_middleware.engine) or vLLM's sampler.
 DATA_ENGINES = ("torch", "vllm")
 

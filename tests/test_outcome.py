@@ -200,6 +200,22 @@ def test_a_cache_without_rewards_is_refused_clearly() -> None:
         plan_outcome_data(cache, 0.1, 0)
 
 
+def test_keep_best_returns_the_heads_of_the_lowest_validation_checkpoint() -> None:
+    cache = _rollout_cache()
+    config = OutcomeConfig(learning_rate=3e-2, epochs=15, groups_per_step=2, validation_fraction=0.3, seed=5,
+                           train_top_p=False, inner_size=32, validate_every=3, keep_best=True)
+    fit = fit_outcome(cache, config)
+    losses = [c["ppo_loss"] for c in fit.checkpoints]
+    assert fit.checkpoints[0]["step"] == 0 and fit.checkpoints[-1]["step"] == fit.steps and len(losses) >= 4
+    best = int(np.argmin(losses))
+    assert fit.best_step == fit.checkpoints[best]["step"]
+    assert fit.validation["ppo_loss"] == pytest.approx(losses[best], abs=1e-5)  # the kept heads, re-validated
+    with pytest.raises(ValueError, match="validate_every"):
+        OutcomeConfig(keep_best=True)
+    with pytest.raises(TrainingDataError, match="keep_best"):
+        fit_outcome(cache, OutcomeConfig(validation_fraction=0.0, validate_every=2, keep_best=True, train_top_p=False))
+
+
 # -- steering ---------------------------------------------------------------------------------------
 
 

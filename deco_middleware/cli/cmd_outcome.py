@@ -97,6 +97,10 @@ def outcome_command(
     validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    validate_every: Annotated[Optional[int], typer.Option(min=1, help="Validate every N steps (held-out prompt "
+                                                                      "groups of the cache).")] = None,
+    keep_best: Annotated[bool, typer.Option(help="Keep the heads of the lowest validation PPO loss (with "
+                                                 "--validate-every; the untrained start counts).")] = False,
     recipe: Annotated[Optional[str], typer.Option(help="A name for this recipe, kept in the manifest.")] = None,
     temperature_features: TempFeaturesOpt = "hidden",
 ) -> None:
@@ -113,12 +117,16 @@ def outcome_command(
                                steer_margin=steer_margin, steer_margin_top_p=steer_margin_top_p,
                                steer_hold_weight=steer_hold_weight, steer_hold_tolerance=steer_hold_tolerance,
                                pairs_per_step=pairs_per_step, validation_fraction=validation_fraction, seed=seed,
-                               max_steps=max_steps, temperature_features=temperature_features)
+                               max_steps=max_steps, temperature_features=temperature_features,
+                               validate_every=validate_every, keep_best=keep_best)
         result = fit_outcome(features, config)
         export_outcome_heads(result, features, config, out, command=command, recipe=recipe)
     except (DecoError, ValueError) as error:
         _fail(str(error))
     console.print(f"validation {result.validation_before} -> {result.validation}")
+    if result.best_step is not None:
+        console.print(f"kept the heads of step {result.best_step} (lowest validation PPO loss of "
+                      f"{len(result.checkpoints)} checkpoints)")
     console.print(f"{result.steps} steps ({result.train_groups} groups, {result.train_pairs} pairs) in "
                   f"{result.wall_seconds} s -> {out}")
 

@@ -82,6 +82,11 @@ class OutcomeConfig:
     seed: int = 0
     inner_size: int = 256
     max_steps: int | None = None
+    # Every `validate_every` steps, the validation PPO loss (held-out prompt groups); with `keep_best`
+    # the heads of the lowest one (the untrained start included) are the result: early stopping on
+    # the objective itself, never on an evaluation set.
+    validate_every: int | None = None
+    keep_best: bool = False
     temperature_features: str = "hidden"  # or "hidden+logit-stats" (manifest `heads.temperature_features`)
 
     def __post_init__(self) -> None:
@@ -95,6 +100,10 @@ class OutcomeConfig:
             raise ValueError(f"`dual_clip` has to be > 1 (usually 3) or 0 (off), got {self.dual_clip!r}.")
         if self.steer_margin < 0 or self.steer_margin_top_p < 0:
             raise ValueError("Steering margins have to be >= 0.")
+        if self.validate_every is not None and self.validate_every < 1:
+            raise ValueError(f"`validate_every` has to be a positive number of steps, got {self.validate_every!r}.")
+        if self.keep_best and self.validate_every is None:
+            raise ValueError("`keep_best` picks among validation checkpoints: set `validate_every` too (e.g. 10).")
         if self.steer_hold_weight < 0 or self.steer_hold_tolerance < 0:
             raise ValueError("`steer_hold_weight` and `steer_hold_tolerance` have to be >= 0.")
         if self.temperature_features not in TEMPERATURE_FEATURES:
@@ -361,6 +370,8 @@ class OutcomeFit:
     train_groups: int
     train_pairs: int
     train_tokens: int
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # step, validation (validate_every)
+    best_step: int | None = None  # keep_best: the step whose heads were kept (0 = the untrained start)
 
 
 @torch.no_grad()
@@ -399,6 +410,10 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
         raise TrainingDataError(
             f"The cache at {cache.directory} has no prompt group with both right and wrong draws and no steering "
             "pairs: nothing for the outcome objective to learn from. Sample more, or at more temperatures.")
+    if config.keep_best and not plan.val_groups:
+        raise TrainingDataError(
+            f"`keep_best` needs validation prompt groups with mixed outcomes, and the cache at {cache.directory} "
+            f"leaves none at validation_fraction={config.validation_fraction}: raise it, or drop keep_best.")
     steps_per_epoch = max(math.ceil(len(plan.train_groups) / config.groups_per_step),
                           math.ceil(len(plan.train_pairs) / config.pairs_per_step), 1)
     total_steps = steps_per_epoch * config.epochs
@@ -410,6 +425,10 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
     parameters = list(heads.temp_head.parameters()) + (list(heads.top_p_head.parameters()) if config.train_top_p else [])
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     validation_before = validate(heads, cache, plan, config)
+    checkpoints: list[dict[str, Any]] = [{"step": 0, **validation_before}] if config.validate_every else []
+    import copy
+
+    best = (validation_before.get("ppo_loss", math.inf), 0, copy.deepcopy(heads.state_dict()))
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed + 1)
@@ -457,10 +476,21 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
         bar.update(completed=step + 1, info=f"loss {record['loss']:.4f}" + (f" T {record['T']:.3f}" if "T" in record else ""))
         if on_log is not None:
             on_log(record)
+        if config.validate_every and ((step + 1) % config.validate_every == 0 or step + 1 == total_steps):
+            heads.eval()
+            checkpoint = {"step": step + 1, **validate(heads, cache, plan, config)}
+            checkpoints.append(checkpoint)
+            if checkpoint.get("ppo_loss", math.inf) < best[0]:
+                best = (checkpoint["ppo_loss"], step + 1, copy.deepcopy(heads.state_dict()))
     heads.eval()
+    best_step = None
+    if config.keep_best:
+        heads.load_state_dict(best[2])
+        best_step = best[1]
     wall = time.perf_counter() - started
     return OutcomeFit(heads, total_steps, history, validation_before, validate(heads, cache, plan, config),
-                      round(wall, 2), len(plan.train_groups), len(plan.train_pairs), trained_tokens)
+                      round(wall, 2), len(plan.train_groups), len(plan.train_pairs), trained_tokens, checkpoints,
+                      best_step)
 
 
 def export_outcome_heads(result: OutcomeFit, cache: FeatureCache, config: OutcomeConfig, directory: Any, *,
@@ -487,6 +517,8 @@ def export_outcome_heads(result: OutcomeFit, cache: FeatureCache, config: Outcom
         "validation_before_training": result.validation_before,
         "validation": result.validation,
         "final_train_loss": result.history[-1]["loss"] if result.history else None,
+        "validation_checkpoints": result.checkpoints,
+        "best_step": result.best_step,
         "stages": {"cache": {"wall_seconds": meta.get("wall_seconds"), "tokens_per_second": meta.get("tokens_per_second")},
                    "fit": {"wall_seconds": result.wall_seconds, "steps": result.steps,
                            "tokens_per_second": round(result.train_tokens / result.wall_seconds, 1)

@@ -109,8 +109,9 @@ class RolloutConfig:
 
         if self.seed in (EVALUATION_SEED, DEV_SEED, TUNING_DEV_SEED):
             raise TrainingDataError(f"Seed {self.seed} is the evaluation or dev seed; pick another training seed.")
-        if not self.temperatures or any(t <= 0 for t in self.temperatures):
-            raise TrainingDataError(f"`temperatures` must be positive numbers, got {list(self.temperatures)}.")
+        if (not self.temperatures and not self.head_scales) or any(t <= 0 for t in self.temperatures):
+            raise TrainingDataError(f"`temperatures` must be positive numbers (none only with on-policy `head_scales`), "
+                                    f"got {list(self.temperatures)}.")
         if any(s <= 0 for s in self.head_scales):
             raise TrainingDataError(f"`head_scales` must be positive numbers, got {list(self.head_scales)}.")
         if bool(self.heads) != bool(self.head_scales):

@@ -395,6 +395,15 @@ def validate(heads: Any, cache: FeatureCache, plan: _Plan, config: OutcomeConfig
     return out
 
 
+def _take(order: list[int], count: int, size: int, rng: np.random.Generator) -> list[int]:
+    """The next ``size`` indices of ``order`` (consumed), refilled with a permutation of ``range(count)`` when short."""
+    if len(order) < size:
+        order += list(rng.permutation(count))
+    chosen = order[:size]
+    del order[:size]
+    return chosen
+
+
 def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None,
                 progress: bool | ProgressCallback | None = None) -> OutcomeFit:
     """Train fresh heads on ``cache`` with the outcome objective (and steering when the cache has pairs).
@@ -443,27 +452,19 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
         loss = torch.zeros(())
         record: dict[str, Any] = {"step": step + 1}
         if plan.train_groups:
-            if len(group_order) < config.groups_per_step:
-                group_order += list(rng.permutation(len(plan.train_groups)))
-            chosen = [plan.train_groups[i] for i in group_order[:config.groups_per_step]]
-            del group_order[:config.groups_per_step]
+            chosen = [plan.train_groups[i] for i in _take(group_order, len(plan.train_groups), config.groups_per_step, rng)]
             part, stats = group_loss(heads, cache, plan, chosen, config)
             loss = loss + part
             record.update({k: round(v, 5) for k, v in stats.items()})
             trained_tokens += sum(len(plan.token_slices[m]) for g in chosen for m in g)
         if plan.train_pairs and config.steer_weight > 0:
-            if len(pair_order) < config.pairs_per_step:
-                pair_order += list(rng.permutation(len(plan.train_pairs)))
-            chosen_pairs = [plan.train_pairs[i] for i in pair_order[:config.pairs_per_step]]
-            del pair_order[:config.pairs_per_step]
+            chosen_pairs = [plan.train_pairs[i] for i in _take(pair_order, len(plan.train_pairs), config.pairs_per_step, rng)]
             part, stats = steer_loss(heads, cache, plan, chosen_pairs, config)
             loss = loss + config.steer_weight * part
             record.update({k: round(v, 4) for k, v in stats.items()})
         if plan.train_holds and config.steer_hold_weight > 0:
-            if len(hold_order) < config.pairs_per_step:
-                hold_order += list(rng_hold.permutation(len(plan.train_holds)))
-            chosen_holds = [plan.train_holds[i] for i in hold_order[:config.pairs_per_step]]
-            del hold_order[:config.pairs_per_step]
+            chosen_holds = [plan.train_holds[i] for i in _take(hold_order, len(plan.train_holds), config.pairs_per_step,
+                                                               rng_hold)]
             part, stats = hold_loss(heads, cache, plan, chosen_holds, config)
             loss = loss + config.steer_hold_weight * part
             record.update({k: round(v, 4) for k, v in stats.items()})

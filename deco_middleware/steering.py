@@ -115,12 +115,17 @@ def check_steer(steer: str | None) -> str | None:
                      "randomness, 'high' for more; None leaves the prompt as it is.")
 
 
+def with_instruction(prompt: str, sentence: str) -> str:
+    """``sentence`` where every instruction goes: the end of the user turn, after a blank line."""
+    return f"{prompt}\n\n{sentence}"
+
+
 def steer_prompt(prompt: str, steer: str | None, phrasing: str | None = None) -> str:
     """The user message with the instruction for ``steer`` appended where training put it."""
     steer = check_steer(steer)
     if steer is None:
         return prompt
-    return f"{prompt}\n\n{phrasing or DEFAULT_INSTRUCTION[steer]}"
+    return with_instruction(prompt, phrasing or DEFAULT_INSTRUCTION[steer])
 
 
 def steer_prompts(prompts: Sequence[str], steer: str | None) -> list[str]:

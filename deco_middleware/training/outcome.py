@@ -31,6 +31,7 @@ nothing of the decoding (``steer="neutral"``) add the hold term :func:`hold_loss
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -317,26 +318,35 @@ def group_loss(heads: Any, cache: FeatureCache, plan: _Plan, groups: list[list[i
     return loss, stats
 
 
-def steer_loss(heads: Any, cache: FeatureCache, plan: _Plan, triplets: list[tuple[int, int, int]],
-               config: OutcomeConfig) -> tuple[Any, dict[str, float]]:
-    """Margin ranking loss on the per-sequence mean T (and P) of (neutral, low, high) triplets."""
-    members = [m for t in triplets for m in t]
+def _sequence_means(heads: Any, cache: FeatureCache, plan: _Plan, members: list[int], *, top_p: bool = False
+                    ) -> tuple[Any, Any]:
+    """Per record of ``members``: the heads' mean T over its tokens (and mean P with ``top_p``, else None)."""
     indices = np.concatenate([plan.token_slices[m] for m in members])
     owner = torch.from_numpy(np.concatenate([np.full(len(plan.token_slices[m]), k) for k, m in enumerate(members)]))
     hidden = torch.from_numpy(np.asarray(cache.hidden[indices], dtype=np.float32))
     lengths = torch.bincount(owner, minlength=len(members)).float().clamp(min=1)
-    wants_top_p = config.steer_margin_top_p > 0 and config.train_top_p
-    logits = cache.logits(hidden) if wants_top_p or heads.temperature_features != "hidden" else None
+    logits = cache.logits(hidden) if top_p or heads.temperature_features != "hidden" else None
     temperature = heads.temp_head(hidden, logits)
-    mean_t = (torch.zeros(len(members)).index_add(0, owner, temperature) / lengths).view(-1, 3)
+
+    def mean(values: Any) -> Any:
+        return torch.zeros(len(members)).index_add(0, owner, values) / lengths
+
+    return mean(temperature), mean(heads.top_p_head(hidden, logits, temperature)) if top_p else None
+
+
+def steer_loss(heads: Any, cache: FeatureCache, plan: _Plan, triplets: list[tuple[int, int, int]],
+               config: OutcomeConfig) -> tuple[Any, dict[str, float]]:
+    """Margin ranking loss on the per-sequence mean T (and P) of (neutral, low, high) triplets."""
+    wants_top_p = config.steer_margin_top_p > 0 and config.train_top_p
+    mean_t, mean_p = _sequence_means(heads, cache, plan, [m for t in triplets for m in t], top_p=wants_top_p)
+    mean_t = mean_t.view(-1, 3)
     loss = ranking_loss(mean_t[:, 1], mean_t[:, 0], config.steer_margin) + \
         ranking_loss(mean_t[:, 0], mean_t[:, 2], config.steer_margin)
     shift = (mean_t - mean_t[:, :1]).detach()
     stats = {"dT_low": float(shift[:, 1].mean()), "dT_high": float(shift[:, 2].mean()),
              "steer_consistency": float(((shift[:, 1] < 0) & (shift[:, 2] > 0)).float().mean())}
     if wants_top_p:
-        top_p = heads.top_p_head(hidden, logits, temperature)
-        mean_p = (torch.zeros(len(members)).index_add(0, owner, top_p) / lengths).view(-1, 3)
+        mean_p = mean_p.view(-1, 3)
         loss = loss + ranking_loss(mean_p[:, 1], mean_p[:, 0], config.steer_margin_top_p)
         stats["dP_low"] = float((mean_p[:, 1] - mean_p[:, 0]).detach().mean())
     return loss, stats
@@ -346,14 +356,8 @@ def hold_loss(heads: Any, cache: FeatureCache, plan: _Plan, holds: list[tuple[in
               ) -> tuple[Any, dict[str, float]]:
     """``relu(|mean T_copy - mean T_plain| - tolerance)``, mean over (plain, neutral-sentence copy) pairs of one
     completion: a sentence that asks nothing of the decoding should not move the temperature."""
-    members = [m for h in holds for m in h]
-    indices = np.concatenate([plan.token_slices[m] for m in members])
-    owner = torch.from_numpy(np.concatenate([np.full(len(plan.token_slices[m]), k) for k, m in enumerate(members)]))
-    hidden = torch.from_numpy(np.asarray(cache.hidden[indices], dtype=np.float32))
-    logits = cache.logits(hidden) if heads.temperature_features != "hidden" else None
-    temperature = heads.temp_head(hidden, logits)
-    lengths = torch.bincount(owner, minlength=len(members)).float().clamp(min=1)
-    mean_t = (torch.zeros(len(members)).index_add(0, owner, temperature) / lengths).view(-1, 2)
+    mean_t, _ = _sequence_means(heads, cache, plan, [m for h in holds for m in h])
+    mean_t = mean_t.view(-1, 2)
     shift = mean_t[:, 1] - mean_t[:, 0]
     loss = torch.relu(shift.abs() - config.steer_hold_tolerance).mean()
     return loss, {"dT_neutral": float(shift.detach().mean()), "dT_neutral_abs": float(shift.detach().abs().mean())}
@@ -435,9 +439,8 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     validation_before = validate(heads, cache, plan, config)
     checkpoints: list[dict[str, Any]] = [{"step": 0, **validation_before}] if config.validate_every else []
-    import copy
-
-    best = (validation_before.get("ppo_loss", math.inf), 0, copy.deepcopy(heads.state_dict()))
+    # keep_best: (validation PPO loss, step, weights) of the best checkpoint so far, the start included
+    best = (validation_before["ppo_loss"], 0, copy.deepcopy(heads.state_dict())) if config.keep_best else None
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed + 1)
@@ -481,17 +484,15 @@ def fit_outcome(cache: FeatureCache, config: OutcomeConfig, *, on_log: Callable[
             heads.eval()
             checkpoint = {"step": step + 1, **validate(heads, cache, plan, config)}
             checkpoints.append(checkpoint)
-            if checkpoint.get("ppo_loss", math.inf) < best[0]:
+            if best is not None and checkpoint["ppo_loss"] < best[0]:
                 best = (checkpoint["ppo_loss"], step + 1, copy.deepcopy(heads.state_dict()))
     heads.eval()
-    best_step = None
-    if config.keep_best:
+    if best is not None:
         heads.load_state_dict(best[2])
-        best_step = best[1]
     wall = time.perf_counter() - started
     return OutcomeFit(heads, total_steps, history, validation_before, validate(heads, cache, plan, config),
                       round(wall, 2), len(plan.train_groups), len(plan.train_pairs), trained_tokens, checkpoints,
-                      best_step)
+                      None if best is None else best[1])
 
 
 def export_outcome_heads(result: OutcomeFit, cache: FeatureCache, config: OutcomeConfig, directory: Any, *,

@@ -175,7 +175,7 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
                     i = part[local]
                     name, problem = problems[i]
                     for completion in completions:
-                        ids = [int(i) for i in completion.token_ids]  # the end-of-turn token included when drawn
+                        ids = [int(t) for t in completion.token_ids]  # the end-of-turn token included when drawn
                         reward = float(grade_reply(completion.text, problem.entry, scorers[name]) >= CORRECT_SCORE)
                         key = (i, temperature, tuple(ids))
                         if key in merged:
@@ -187,12 +187,11 @@ def generate_rollouts(model: Any, tokenizer: Any, config: RolloutConfig, out: st
                                   "truncated": not completion.finished, "temperature": temperature, "top_p": 1.0,
                                   "reward": reward, "count": 1, "source": "rollout"}
                         if isinstance(temperature, str):  # on-policy: the behaviour is per token
-                            record.update(behaviour=temperature, temperatures=[round(float(t), 6) for t in
-                                                                               completion.temperatures],
-                                          top_ps=[round(float(q), 6) for q in completion.top_ps],
-                                          temperature=round(float(sum(completion.temperatures)) /
-                                                            max(1, len(completion.temperatures)), 4),
-                                          top_p=round(float(sum(completion.top_ps)) / max(1, len(completion.top_ps)), 4))
+                            temps = [round(float(t), 6) for t in completion.temperatures]
+                            top_ps = [round(float(q), 6) for q in completion.top_ps]
+                            record.update(behaviour=temperature, temperatures=temps, top_ps=top_ps,
+                                          temperature=round(sum(temps) / len(temps), 4),
+                                          top_p=round(sum(top_ps) / len(top_ps), 4))
                         merged[key] = record
                 raw.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged.values()
                                   if r["group"] in {f"{problems[j][0]}:{config.seed}:{problems[j][1].index}" for j in part}
@@ -264,9 +263,10 @@ def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, se
     """
     import random
 
-    from ..steering import TRAIN_PHRASINGS, steer_prompt
+    from ..steering import TRAIN_PHRASINGS, with_instruction
 
     phrasings = phrasings or TRAIN_PHRASINGS
+    choices = [("low", phrasings["low"]), ("high", phrasings["high"])] + ([("neutral", neutral)] if neutral else [])
     rng = random.Random(seed)
     out = [dict(r) for r in records]
     taken: dict[str, int] = {}
@@ -275,15 +275,10 @@ def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, se
         if taken.get(group, 0) >= per_group:
             continue
         taken[group] = taken.get(group, 0) + 1
-        for direction in ("low", "high"):
+        for direction, options in choices:
             copy = {k: v for k, v in record.items() if k not in ("reward", "count")}
-            copy.update(prompt=steer_prompt(record["prompt"], direction, rng.choice(list(phrasings[direction]))),
-                        steer=direction, pair=index, source="steer")
-            out.append(copy)
-        if neutral:
-            copy = {k: v for k, v in record.items() if k not in ("reward", "count")}
-            copy.update(prompt=f"{record['prompt']}\n\n{rng.choice(list(neutral))}", steer="neutral", pair=index,
-                        source="steer")  # where steer_prompt puts an instruction
+            copy.update(prompt=with_instruction(record["prompt"], rng.choice(list(options))), steer=direction,
+                        pair=index, source="steer")
             out.append(copy)
     return out
 

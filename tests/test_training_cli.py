@@ -118,7 +118,7 @@ def test_rollouts_heads_without_scales_is_refused_with_the_fix(tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
 
 
-@pytest.mark.parametrize("stage", ["data", "cache", "fit", "rollouts", "outcome"])
+@pytest.mark.parametrize("stage", ["data", "cache", "fit", "rollouts", "outcome", "top-p"])
 def test_every_recorded_option_is_an_option_of_the_command(stage):
     """The recorded command must replay: `train_top_p` was written `--no-train-top-p`, the flag is `--no-top-p`."""
     import inspect

@@ -131,6 +131,45 @@ def outcome_command(
                   f"{result.wall_seconds} s -> {out}")
 
 
+@train_app.command("top-p")
+def top_p_command(
+    heads: Annotated[str, typer.Option(help="Heads (shipped name or folder) whose temperature head is kept as it is.")],
+    cache: Annotated[Path, typer.Option(help="Feature cache of the heads' base model (any: the target needs no grades).")],
+    out: Annotated[Path, typer.Option(help="Heads folder to write (heads.onnx + manifest.json).")],
+    target: Annotated[str, typer.Option(help="The rule whose nucleus the top-p head learns: p-less (keep p >= "
+                                             "sum p^2 of softmax(l / T) at the heads' own T).")] = "p-less",
+    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-3,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tokens per step.")] = 256,
+    validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+) -> None:
+    """Train the top-p head of existing heads to a rule's per-token nucleus (the temperature head frozen)."""
+    command = _command_line("top-p", dict(locals()))  # before any import adds names to locals()
+    from ..training import FeatureCache
+    from ..training.nucleus import (
+        TopPTargetConfig,
+        export_top_p_target_heads,
+        fit_top_p_target,
+        heads_from_artifact_for_training,
+    )
+
+    try:
+        config = TopPTargetConfig(target=target, learning_rate=learning_rate, epochs=epochs,  # type: ignore[arg-type]
+                                  batch_size=batch_size, validation_fraction=validation_fraction, seed=seed,
+                                  max_steps=max_steps)
+        features = FeatureCache.open(cache)
+        module, artifact = heads_from_artifact_for_training(heads)
+        artifact.check_compatible(features.base_model)  # the cache's model is the heads' base model, or a clear error
+        result = fit_top_p_target(module, features, config)
+        export_top_p_target_heads(result, artifact, features, config, out, command=command)
+    except (DecoError, ValueError) as error:
+        _fail(str(error))
+    console.print(f"validation {result.validation_before} -> {result.validation}")
+    console.print(f"{result.steps} steps in {result.wall_seconds} s (targets {result.target_seconds} s) -> {out}")
+
+
 @app.command("steer")
 def steer_command(
     task: Annotated[list[str], typer.Option(help="Task spec (rg:NAME?k=v or a JSONL file); repeat for several.")],

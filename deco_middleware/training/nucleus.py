@@ -1,0 +1,277 @@
+"""A supervised target for the top-p head: the nucleus of a per-token rule, distilled (issue #12).
+
+Trained on outcomes, the top-p head learns P = 1 (docs/training.md): off policy from draws at P = 1,
+any truncation makes some token of a correct draw impossible. The best rule on the dev split is a
+truncation rule, p-less (arXiv 2509.23234: keep the tokens whose probability is at least
+``sum p^2``, the chance that two draws agree). A threshold rule keeps a *prefix* of the tokens
+sorted by probability, and the sampler's nucleus (``sampling.nucleus_filter``: a token stays while
+the mass before it is below P) keeps exactly the first ``k`` tokens when
+
+    mass of the first k - 1 tokens  <  P  <=  mass of the first k tokens.
+
+So the rule can be written as a per-token P, and a top-p head trained to it runs in every backend
+that applies the heads' T and P (HF, ONNX Runtime, vLLM, onnxruntime-genai) with no filter of its
+own. The rule is applied where the decoding step applies its filters: to ``softmax(l / T)`` at the
+heads' own temperature (``p-less:T`` of the strategy vocabulary is the same rule at a static T).
+
+:func:`fit_top_p_target` trains only the top-p head of existing heads, the temperature head frozen,
+on a feature cache (any cache: the target needs no grades). The loss is a Huber loss between
+``logit(P)`` and the logit of the interval's midpoint (logits resolve the intervals near P = 1 that
+a low temperature makes); the validation metric is the share of held-out tokens whose nucleus is
+exactly the rule's set (``agreement``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from .._deps import require
+from ..progress import ProgressBar, ProgressCallback
+from .cache import FeatureCache
+from .data import TrainingDataError
+
+torch = require("torch", purpose="Training heads")
+
+TopPTarget = Literal["p-less"]
+TOP_P_TARGETS = ("p-less",)
+_P_EPS = 1e-6  # P targets and predictions are kept in [eps, 1 - eps] before the logit
+
+
+@dataclass(frozen=True)
+class TopPTargetConfig:
+    """Hyperparameters of :func:`fit_top_p_target`."""
+
+    target: TopPTarget = "p-less"
+    learning_rate: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 256
+    validation_fraction: float = 0.1
+    seed: int = 0
+    max_steps: int | None = None
+    huber_delta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.target not in TOP_P_TARGETS:
+            raise ValueError(f"`target` must be one of {', '.join(TOP_P_TARGETS)}, got {self.target!r}.")
+        if not self.learning_rate > 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("`learning_rate` must be > 0 and `epochs`, `batch_size` >= 1.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"`validation_fraction` has to be in [0, 1), got {self.validation_fraction!r}.")
+        if not self.huber_delta > 0:
+            raise ValueError(f"`huber_delta` has to be > 0, got {self.huber_delta!r}.")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def p_less_interval(logits: Any, temperature: Any) -> tuple[Any, Any, Any]:
+    """Per row: ``(low, high, size)`` such that the nucleus with ``low < P <= high`` keeps exactly the
+    p-less set of ``softmax(logits / T)`` (its ``size`` most likely tokens; the most likely always).
+
+    Float64 masses, like the sampler's cumulative sum. Ties at the threshold count as kept, as in
+    :class:`deco_middleware.baselines.PLess`."""
+    probs = torch.softmax(logits.double() / temperature.double().unsqueeze(-1), dim=-1)
+    threshold = (probs * probs).sum(dim=-1, keepdim=True)
+    size = (probs >= threshold).sum(dim=-1).clamp(min=1)
+    sorted_probs = probs.sort(dim=-1, descending=True).values
+    high = sorted_probs.cumsum(dim=-1).gather(-1, (size - 1).unsqueeze(-1)).squeeze(-1)
+    low = high - sorted_probs.gather(-1, (size - 1).unsqueeze(-1)).squeeze(-1)
+    return low, high, size
+
+
+def _logit(p: Any) -> Any:
+    p = p.clamp(_P_EPS, 1 - _P_EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def top_p_target_loss(top_p: Any, low: Any, high: Any, delta: float = 1.0) -> Any:
+    """Huber loss between ``logit(top_p)`` and the logit of the interval's midpoint, mean over rows."""
+    target = _logit(((low + high) / 2).float())
+    return torch.nn.functional.huber_loss(_logit(top_p.float()), target, delta=delta)
+
+
+def agreement(top_p: Any, low: Any, high: Any) -> Any:
+    """Share of rows whose nucleus at ``top_p`` is exactly the rule's set (``low < P <= high``)."""
+    p = top_p.double()
+    return ((p > low) & (p <= high)).double().mean()
+
+
+@dataclass
+class TopPTargetFit:
+    heads: Any
+    steps: int
+    history: list[dict[str, Any]]
+    validation_before: dict[str, float]
+    validation: dict[str, float]
+    wall_seconds: float
+    train_tokens: int
+    target_seconds: float
+
+
+def _record_split(cache: FeatureCache, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token indices of the training and validation records (a record's tokens stay together)."""
+    sequence = np.asarray(cache.sequence)
+    records = np.unique(sequence)
+    rng = np.random.default_rng(seed)
+    held = set(rng.permutation(records)[: int(round(len(records) * fraction))].tolist())
+    is_val = np.isin(sequence, np.fromiter(held, dtype=sequence.dtype, count=len(held)))
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+@torch.no_grad()
+def _targets(heads: Any, cache: FeatureCache, indices: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lows, highs, sizes = [], [], []
+    for start in range(0, len(indices), batch):
+        hidden = torch.from_numpy(np.asarray(cache.hidden[indices[start:start + batch]], dtype=np.float32))
+        logits = cache.logits(hidden)
+        low, high, size = p_less_interval(logits, heads.temp_head(hidden, logits))
+        lows.append(low.numpy())
+        highs.append(high.numpy())
+        sizes.append(size.numpy())
+    empty = np.zeros(0)
+    return (np.concatenate(lows) if lows else empty, np.concatenate(highs) if highs else empty,
+            np.concatenate(sizes) if sizes else empty)
+
+
+@torch.no_grad()
+def _validate(heads: Any, cache: FeatureCache, indices: np.ndarray, low: np.ndarray, high: np.ndarray,
+              config: TopPTargetConfig) -> dict[str, float]:
+    if not len(indices):
+        return {}
+    total, agree, mean_p = 0.0, 0.0, 0.0
+    for start in range(0, len(indices), config.batch_size):
+        part = slice(start, start + config.batch_size)
+        hidden = torch.from_numpy(np.asarray(cache.hidden[indices[part]], dtype=np.float32))
+        logits = cache.logits(hidden)
+        top_p = heads.top_p_head(hidden, logits, heads.temp_head(hidden, logits))
+        lo, hi = torch.from_numpy(low[part]), torch.from_numpy(high[part])
+        n = len(hidden)
+        total += float(top_p_target_loss(top_p, lo, hi, config.huber_delta)) * n
+        agree += float(agreement(top_p, lo, hi)) * n
+        mean_p += float(top_p.sum())
+    n = len(indices)
+    return {"loss": round(total / n, 5), "agreement": round(agree / n, 4), "top_p_mean": round(mean_p / n, 4)}
+
+
+def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, *,
+                     progress: bool | ProgressCallback | None = None) -> TopPTargetFit:
+    """Train the top-p head of ``heads`` (an :class:`~deco_middleware.heads.modules.AutoDecoHeads`, not
+    modified: a copy is trained) to the nucleus of ``config.target`` at the heads' own temperature.
+
+    The temperature head is frozen, so the targets are computed once. Seeded: the record split and the
+    batch order come from ``config.seed``; the top-p head starts from its current weights."""
+    if cache.hidden.shape[1] != heads.hidden_size:
+        raise TrainingDataError(f"The cache at {cache.directory} has hidden size {cache.hidden.shape[1]}, the heads "
+                                f"{heads.hidden_size}: build the cache with the heads' base model.")
+    heads = copy.deepcopy(heads).float()
+    for parameter in heads.temp_head.parameters():
+        parameter.requires_grad_(False)
+    heads.eval()
+    train_idx, val_idx = _record_split(cache, config.validation_fraction, config.seed)
+    if not len(train_idx):
+        raise TrainingDataError(f"The cache at {cache.directory} leaves no training tokens at validation_fraction="
+                                f"{config.validation_fraction}: lower it, or cache more records.")
+    started = time.perf_counter()
+    train_low, train_high, train_size = _targets(heads, cache, train_idx, config.batch_size)
+    val_low, val_high, _ = _targets(heads, cache, val_idx, config.batch_size)
+    target_seconds = time.perf_counter() - started
+    validation_before = _validate(heads, cache, val_idx, val_low, val_high, config)
+    validation_before["rule_size_mean"] = round(float(train_size.mean()), 3)
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(heads.top_p_head.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    rng = np.random.default_rng(config.seed + 1)
+    steps_per_epoch = -(-len(train_idx) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    history: list[dict[str, Any]] = []
+    order = np.zeros(0, dtype=np.int64)
+    bar = ProgressBar("top-p target", total_steps, progress=progress)
+    fit_started = time.perf_counter()
+    for step in range(total_steps):
+        if len(order) < config.batch_size:
+            order = np.concatenate([order, rng.permutation(len(train_idx))])
+        chosen, order = np.sort(order[:config.batch_size]), order[config.batch_size:]
+        hidden = torch.from_numpy(np.asarray(cache.hidden[train_idx[chosen]], dtype=np.float32))
+        logits = cache.logits(hidden)
+        with torch.no_grad():
+            temperature = heads.temp_head(hidden, logits)
+        heads.top_p_head.train()
+        top_p = heads.top_p_head(hidden, logits, temperature)
+        low, high = torch.from_numpy(train_low[chosen]), torch.from_numpy(train_high[chosen])
+        loss = top_p_target_loss(top_p, low, high, config.huber_delta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record = {"step": step + 1, "loss": round(float(loss.detach()), 5),
+                  "agreement": round(float(agreement(top_p.detach(), low, high)), 4)}
+        history.append(record)
+        bar.update(completed=step + 1, info=f"loss {record['loss']:.4f} agree {record['agreement']:.2f}")
+    heads.eval()
+    wall = time.perf_counter() - fit_started
+    validation = _validate(heads, cache, val_idx, val_low, val_high, config)
+    return TopPTargetFit(heads, total_steps, history, validation_before, validation, round(wall, 2),
+                         min(total_steps * config.batch_size, len(train_idx) * config.epochs),
+                         round(target_seconds, 2))
+
+
+def heads_from_artifact_for_training(path: Any) -> tuple[Any, Any]:
+    """``(AutoDecoHeads with trainable weights, DecodingHeads)`` of a heads folder or shipped name."""
+    from ..heads.artifact import DecodingHeads
+    from ..heads.modules import AutoDecoHeads
+    from ..heads.torch_artifact import onnx_head_weights
+
+    artifact = DecodingHeads.from_pretrained(path)
+    architecture = artifact.manifest.heads
+    if not architecture.enhanced_features:
+        raise ValueError(f"The heads at {path} have enhanced_features=false; the top-p head this stage trains reads "
+                         "the enhanced features (METHOD.md). Start from heads with the reference architecture.")
+    if "temperature" not in architecture.trained:
+        raise ValueError(f"The heads at {path} have no trained temperature head (trained={architecture.trained}); the "
+                         "top-p target is taken at the heads' own temperature, so train that first.")
+    weights = onnx_head_weights(artifact)
+    stored = weights.pop("max_temperature", None)
+    max_temperature = architecture.max_temperature if stored is None else float(np.asarray(stored).reshape(-1)[0])
+    module = AutoDecoHeads(artifact.hidden_size, inner_size=int(np.asarray(weights["temp_head.mlp.0.weight"]).shape[0]),
+                           max_temperature=max_temperature, temperature_features=architecture.temperature_features)
+    module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}, strict=True)
+    return module, artifact
+
+
+def export_top_p_target_heads(result: TopPTargetFit, artifact: Any, cache: FeatureCache, config: TopPTargetConfig,
+                              directory: Any, *, command: Any = None) -> Any:
+    """Write the heads with the distilled top-p head: the source heads' architecture and training record,
+    ``trained`` gaining ``top_p``, and a ``top_p_target`` section with this stage's record."""
+    from ..heads.artifact import export_heads
+
+    source = artifact.manifest
+    architecture = source.heads.model_copy(update={"trained": sorted({*source.heads.trained, "top_p"},
+                                                                     key=["temperature", "top_p"].index)})
+    training = dict(source.training or {})
+    stages = dict(training.get("stages") or {})
+    stages["top_p_target"] = {"wall_seconds": round(result.wall_seconds + result.target_seconds, 2),
+                              "steps": result.steps,
+                              "tokens_per_second": round(result.train_tokens / result.wall_seconds, 1)
+                              if result.wall_seconds else None}
+    training["stages"] = stages
+    training["top_p_target"] = {
+        "method": f"top-p head distilled from the {config.target} nucleus at the heads' own temperature "
+                  "(training/nucleus.py); the temperature head is the source heads' own, unchanged",
+        "source_heads": str(artifact.directory) if getattr(artifact, "directory", None) else None,
+        "source_onnx_sha256": source.onnx.sha256,
+        "cache": {k: cache.meta.get(k) for k in ("records", "records_used", "completion_tokens", "hidden_dtype")},
+        "hyperparameters": {**config.as_dict(), "optimizer": "AdamW"},
+        "validation_before_training": result.validation_before,
+        "validation": result.validation,
+        "command": command,
+    }
+    description = (f"{source.description.rstrip('.')}. Top-p head distilled from the {config.target} nucleus "
+                   "at the heads' own temperature.").lstrip(". ")
+    return export_heads(result.heads.numpy_weights(), directory, base_model=source.base_model,
+                        architecture=architecture, description=description, training=training,
+                        evaluation=None, source=source.source)

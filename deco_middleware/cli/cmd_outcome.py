@@ -167,7 +167,7 @@ def top_p_command(
     except (DecoError, ValueError) as error:
         _fail(str(error))
     console.print(f"validation {result.validation_before} -> {result.validation}")
-    console.print(f"{result.steps} steps in {result.wall_seconds} s (targets {result.target_seconds} s) -> {out}")
+    console.print(f"{result.steps} steps in {result.wall_seconds} s -> {out}")
 
 
 @app.command("steer")

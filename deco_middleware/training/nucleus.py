@@ -34,6 +34,7 @@ from .._deps import require
 from ..progress import ProgressBar, ProgressCallback
 from .cache import FeatureCache
 from .data import TrainingDataError
+from .trainer import FitResult, split_tokens
 
 torch = require("torch", purpose="Training heads")
 
@@ -101,28 +102,6 @@ def agreement(top_p: Any, low: Any, high: Any) -> Any:
     return ((p > low) & (p <= high)).double().mean()
 
 
-@dataclass
-class TopPTargetFit:
-    heads: Any
-    steps: int
-    history: list[dict[str, Any]]
-    validation_before: dict[str, float]
-    validation: dict[str, float]
-    wall_seconds: float
-    train_tokens: int
-    target_seconds: float
-
-
-def _record_split(cache: FeatureCache, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token indices of the training and validation records (a record's tokens stay together)."""
-    sequence = np.asarray(cache.sequence)
-    records = np.unique(sequence)
-    rng = np.random.default_rng(seed)
-    held = set(rng.permutation(records)[: int(round(len(records) * fraction))].tolist())
-    is_val = np.isin(sequence, np.fromiter(held, dtype=sequence.dtype, count=len(held)))
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
 @torch.no_grad()
 def _targets(heads: Any, cache: FeatureCache, indices: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lows, highs, sizes = [], [], []
@@ -159,12 +138,13 @@ def _validate(heads: Any, cache: FeatureCache, indices: np.ndarray, low: np.ndar
 
 
 def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, *,
-                     progress: bool | ProgressCallback | None = None) -> TopPTargetFit:
+                     progress: bool | ProgressCallback | None = None) -> FitResult:
     """Train the top-p head of ``heads`` (an :class:`~deco_middleware.heads.modules.AutoDecoHeads`, not
     modified: a copy is trained) to the nucleus of ``config.target`` at the heads' own temperature.
 
-    The temperature head is frozen, so the targets are computed once. Seeded: the record split and the
-    batch order come from ``config.seed``; the top-p head starts from its current weights."""
+    The temperature head is frozen, so the targets are computed once (their time counts in
+    ``wall_seconds``). Seeded: the record split and the batch order come from ``config.seed``; the top-p
+    head starts from its current weights."""
     if cache.hidden.shape[1] != heads.hidden_size:
         raise TrainingDataError(f"The cache at {cache.directory} has hidden size {cache.hidden.shape[1]}, the heads "
                                 f"{heads.hidden_size}: build the cache with the heads' base model.")
@@ -172,14 +152,13 @@ def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, 
     for parameter in heads.temp_head.parameters():
         parameter.requires_grad_(False)
     heads.eval()
-    train_idx, val_idx = _record_split(cache, config.validation_fraction, config.seed)
+    train_idx, val_idx = split_tokens(cache, config.validation_fraction, config.seed)
     if not len(train_idx):
         raise TrainingDataError(f"The cache at {cache.directory} leaves no training tokens at validation_fraction="
                                 f"{config.validation_fraction}: lower it, or cache more records.")
     started = time.perf_counter()
     train_low, train_high, train_size = _targets(heads, cache, train_idx, config.batch_size)
     val_low, val_high, _ = _targets(heads, cache, val_idx, config.batch_size)
-    target_seconds = time.perf_counter() - started
     validation_before = _validate(heads, cache, val_idx, val_low, val_high, config)
     validation_before["rule_size_mean"] = round(float(train_size.mean()), 3)
     torch.manual_seed(config.seed)
@@ -192,7 +171,6 @@ def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, 
     history: list[dict[str, Any]] = []
     order = np.zeros(0, dtype=np.int64)
     bar = ProgressBar("top-p target", total_steps, progress=progress)
-    fit_started = time.perf_counter()
     for step in range(total_steps):
         if len(order) < config.batch_size:
             order = np.concatenate([order, rng.permutation(len(train_idx))])
@@ -213,11 +191,11 @@ def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, 
         history.append(record)
         bar.update(completed=step + 1, info=f"loss {record['loss']:.4f} agree {record['agreement']:.2f}")
     heads.eval()
-    wall = time.perf_counter() - fit_started
+    wall = time.perf_counter() - started
     validation = _validate(heads, cache, val_idx, val_low, val_high, config)
-    return TopPTargetFit(heads, total_steps, history, validation_before, validation, round(wall, 2),
-                         min(total_steps * config.batch_size, len(train_idx) * config.epochs),
-                         round(target_seconds, 2))
+    tokens = total_steps * config.batch_size
+    return FitResult(heads, total_steps, history, validation_before, validation, round(wall, 2),
+                     round(tokens / wall, 1) if wall else 0.0, tokens, len(val_idx))
 
 
 def heads_from_artifact_for_training(path: Any) -> tuple[Any, Any]:
@@ -243,7 +221,7 @@ def heads_from_artifact_for_training(path: Any) -> tuple[Any, Any]:
     return module, artifact
 
 
-def export_top_p_target_heads(result: TopPTargetFit, artifact: Any, cache: FeatureCache, config: TopPTargetConfig,
+def export_top_p_target_heads(result: FitResult, artifact: Any, cache: FeatureCache, config: TopPTargetConfig,
                               directory: Any, *, command: Any = None) -> Any:
     """Write the heads with the distilled top-p head: the source heads' architecture and training record,
     ``trained`` gaining ``top_p``, and a ``top_p_target`` section with this stage's record."""
@@ -254,10 +232,8 @@ def export_top_p_target_heads(result: TopPTargetFit, artifact: Any, cache: Featu
                                                                      key=["temperature", "top_p"].index)})
     training = dict(source.training or {})
     stages = dict(training.get("stages") or {})
-    stages["top_p_target"] = {"wall_seconds": round(result.wall_seconds + result.target_seconds, 2),
-                              "steps": result.steps,
-                              "tokens_per_second": round(result.train_tokens / result.wall_seconds, 1)
-                              if result.wall_seconds else None}
+    stages["top_p_target"] = {"wall_seconds": result.wall_seconds, "steps": result.steps,
+                              "tokens_per_second": result.tokens_per_second}
     training["stages"] = stages
     training["top_p_target"] = {
         "method": f"top-p head distilled from the {config.target} nucleus at the heads' own temperature "

@@ -95,11 +95,25 @@ def test_fitting_the_target_raises_agreement_keeps_the_temperature_head_and_is_s
         assert torch.equal(again.heads.state_dict()[name], value)
 
 
+def test_a_temperature_scale_is_folded_before_the_targets_are_taken() -> None:
+    cache = _memory_cache()
+    torch.manual_seed(3)
+    heads = AutoDecoHeads(16, inner_size=32)
+    fit = fit_top_p_target(heads, cache, TopPTargetConfig(epochs=1, batch_size=64, temperature_scale=0.5), progress=False)
+    hidden = torch.from_numpy(np.asarray(cache.hidden[:50]))
+    with torch.no_grad():
+        assert torch.allclose(fit.heads.temp_head(hidden), 0.5 * heads.temp_head(hidden), rtol=1e-6)
+    assert fit.validation_before["rule_size_mean"] < fit_top_p_target(
+        heads, cache, TopPTargetConfig(epochs=1, batch_size=64), progress=False).validation_before["rule_size_mean"]
+
+
 def test_unknown_target_and_bad_values_are_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match="p-less"):
         TopPTargetConfig(target="min-p")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="validation_fraction"):
         TopPTargetConfig(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="temperature_scale.*1 keeps"):
+        TopPTargetConfig(temperature_scale=0.0)
 
 
 def test_cli_distils_the_nucleus_into_exported_heads(tmp_path: Path) -> None:

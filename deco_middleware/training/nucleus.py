@@ -55,6 +55,9 @@ class TopPTargetConfig:
     seed: int = 0
     max_steps: int | None = None
     huber_delta: float = 1.0
+    # Folded into the temperature head before the targets are taken (T_applied = T_source * scale), so the
+    # nucleus is the rule's at the temperature the shipped heads will apply; 1 keeps the source's T.
+    temperature_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.target not in TOP_P_TARGETS:
@@ -65,6 +68,9 @@ class TopPTargetConfig:
             raise ValueError(f"`validation_fraction` has to be in [0, 1), got {self.validation_fraction!r}.")
         if not self.huber_delta > 0:
             raise ValueError(f"`huber_delta` has to be > 0, got {self.huber_delta!r}.")
+        if not 0 < self.temperature_scale <= 10:
+            raise ValueError(f"`temperature_scale` has to be in (0, 10], got {self.temperature_scale!r} (1 keeps the "
+                             "source heads' temperature).")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +155,7 @@ def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, 
         raise TrainingDataError(f"The cache at {cache.directory} has hidden size {cache.hidden.shape[1]}, the heads "
                                 f"{heads.hidden_size}: build the cache with the heads' base model.")
     heads = copy.deepcopy(heads).float()
+    heads.temp_head.max_temperature *= config.temperature_scale  # T = sigmoid(.) * max_temperature
     for parameter in heads.temp_head.parameters():
         parameter.requires_grad_(False)
     heads.eval()
@@ -228,8 +235,9 @@ def export_top_p_target_heads(result: FitResult, artifact: Any, cache: FeatureCa
     from ..heads.artifact import export_heads
 
     source = artifact.manifest
-    architecture = source.heads.model_copy(update={"trained": sorted({*source.heads.trained, "top_p"},
-                                                                     key=["temperature", "top_p"].index)})
+    architecture = source.heads.model_copy(update={
+        "trained": sorted({*source.heads.trained, "top_p"}, key=["temperature", "top_p"].index),
+        "max_temperature": float(result.heads.temp_head.max_temperature)})
     training = dict(source.training or {})
     stages = dict(training.get("stages") or {})
     stages["top_p_target"] = {"wall_seconds": result.wall_seconds, "steps": result.steps,
@@ -240,6 +248,7 @@ def export_top_p_target_heads(result: FitResult, artifact: Any, cache: FeatureCa
                   "(training/nucleus.py); the temperature head is the source heads' own, unchanged",
         "source_heads": str(artifact.directory) if getattr(artifact, "directory", None) else None,
         "source_onnx_sha256": source.onnx.sha256,
+        "temperature_scale_folded": config.temperature_scale,
         "cache": {k: cache.meta.get(k) for k in ("records", "records_used", "completion_tokens", "hidden_dtype")},
         "hyperparameters": {**config.as_dict(), "optimizer": "AdamW"},
         "validation_before_training": result.validation_before,

@@ -80,14 +80,15 @@ def p_less_interval(logits: Any, temperature: Any) -> tuple[Any, Any, Any]:
     """Per row: ``(low, high, size)`` such that the nucleus with ``low < P <= high`` keeps exactly the
     p-less set of ``softmax(logits / T)`` (its ``size`` most likely tokens; the most likely always).
 
-    Float64 masses, like the sampler's cumulative sum. Ties at the threshold count as kept, as in
-    :class:`deco_middleware.baselines.PLess`."""
-    probs = torch.softmax(logits.double() / temperature.double().unsqueeze(-1), dim=-1)
-    threshold = (probs * probs).sum(dim=-1, keepdim=True)
-    size = (probs >= threshold).sum(dim=-1).clamp(min=1)
-    sorted_probs = probs.sort(dim=-1, descending=True).values
-    high = sorted_probs.cumsum(dim=-1).gather(-1, (size - 1).unsqueeze(-1)).squeeze(-1)
-    low = high - sorted_probs.gather(-1, (size - 1).unsqueeze(-1)).squeeze(-1)
+    No sort: the set is ``{p >= sum p^2}``, so ``high`` is its mass and ``low`` that mass less its least
+    likely member. The probabilities are float32 like the sampler's softmax, the masses float64 like its
+    cumulative sum. Ties at the threshold count as kept, as in :class:`deco_middleware.baselines.PLess`."""
+    probs = torch.softmax(logits.float() / temperature.float().unsqueeze(-1), dim=-1)
+    threshold = torch.linalg.vecdot(probs, probs).unsqueeze(-1)
+    kept = (probs >= threshold) | (probs == probs.max(dim=-1, keepdim=True).values)
+    size = kept.sum(dim=-1)
+    high = (probs.double() * kept).sum(dim=-1)
+    low = high - torch.where(kept, probs, torch.ones_like(probs)).min(dim=-1).values.double()
     return low, high, size
 
 

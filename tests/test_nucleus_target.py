@@ -95,6 +95,22 @@ def test_fitting_the_target_raises_agreement_keeps_the_temperature_head_and_is_s
         assert torch.equal(again.heads.state_dict()[name], value)
 
 
+def test_branch_weight_buys_agreement_where_the_rule_keeps_several_tokens() -> None:
+    cache = _memory_cache()
+    torch.manual_seed(3)
+    heads = AutoDecoHeads(16, inner_size=32)
+    fits = {w: fit_top_p_target(heads, cache, TopPTargetConfig(learning_rate=3e-3, epochs=10, batch_size=64,
+                                                               validation_fraction=0.2, seed=1, branch_weight=w),
+                                progress=False) for w in (1.0, 10.0)}
+    assert 0.1 < fits[1.0].validation["branching_share"] < 0.9
+    assert fits[10.0].validation["agreement_branching"] > fits[1.0].validation["agreement_branching"]
+    low, high = torch.tensor([0.0, 0.6], dtype=torch.float64), torch.tensor([0.5, 0.8], dtype=torch.float64)
+    top_p = torch.tensor([0.9, 0.7])  # row 0 is off, row 1 at its midpoint
+    plain = float(top_p_target_loss(top_p, low, high))
+    assert float(top_p_target_loss(top_p, low, high, weight=torch.tensor([1.0, 1.0]))) == pytest.approx(plain)
+    assert float(top_p_target_loss(top_p, low, high, weight=torch.tensor([1.0, 3.0]))) == pytest.approx(plain / 2)
+
+
 def test_a_temperature_scale_is_folded_before_the_targets_are_taken() -> None:
     cache = _memory_cache()
     torch.manual_seed(3)
@@ -112,6 +128,8 @@ def test_unknown_target_and_bad_values_are_refused_with_the_fix() -> None:
         TopPTargetConfig(target="min-p")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="validation_fraction"):
         TopPTargetConfig(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="branch_weight"):
+        TopPTargetConfig(branch_weight=0.0)
     with pytest.raises(ValueError, match="temperature_scale.*1 keeps"):
         TopPTargetConfig(temperature_scale=0.0)
 

@@ -144,6 +144,8 @@ def top_p_command(
     validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    branch_weight: Annotated[float, typer.Option(help="Loss weight of the tokens where the rule keeps several "
+                                                      "tokens (the others weigh 1).")] = 1.0,
     temperature_scale: Annotated[float, typer.Option(help="Fold this scale into the temperature head first "
                                                           "(T = T_source * S), so P is distilled at the T the new "
                                                           "heads apply.")] = 1.0,
@@ -161,7 +163,8 @@ def top_p_command(
     try:
         config = TopPTargetConfig(target=target, learning_rate=learning_rate, epochs=epochs,  # type: ignore[arg-type]
                                   batch_size=batch_size, validation_fraction=validation_fraction, seed=seed,
-                                  max_steps=max_steps, temperature_scale=temperature_scale)
+                                  max_steps=max_steps, temperature_scale=temperature_scale,
+                                  branch_weight=branch_weight)
         features = FeatureCache.open(cache)
         module, artifact = heads_from_artifact_for_training(heads)
         artifact.check_compatible(features.base_model)  # the cache's model is the heads' base model, or a clear error

@@ -186,6 +186,26 @@ class FilteredStaticPredictor:
         return _decisions(np.full(logits.shape[0], float(self.temperature)), self.filters)
 
 
+@dataclass(frozen=True)
+class WithFilters:
+    """Another predictor's decisions with ``filters`` appended (applied after its own, before the nucleus).
+
+    ``autodeco-t+p-less`` is the learned temperature head with the exact p-less filter: the rule that
+    ``deco train top-p`` distils into the top-p head, run as the rule itself.
+    """
+
+    inner: Any
+    filters: tuple[Any, ...]
+
+    @property
+    def uses_hidden_state(self) -> bool:
+        return bool(self.inner.uses_hidden_state)
+
+    def predict(self, hidden: np.ndarray | None, logits: np.ndarray) -> RowDecisions:
+        decided = self.inner.predict(hidden, logits)
+        return RowDecisions(decided.temperature, decided.top_p, decided.fallback, (*decided.filters, *self.filters))
+
+
 # -- names ------------------------------------------------------------------------------------------
 
 
@@ -267,6 +287,7 @@ __all__ = [
     "FilteredStaticPredictor",
     "PLess",
     "TopNSigma",
+    "WithFilters",
     "normalized_entropy",
     "parse_baseline",
 ]

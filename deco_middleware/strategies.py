@@ -16,6 +16,8 @@ Names:
   ``top-n-sigma:N,T``, ``p-less:T`` (a bare family name takes its defaults).
 - ``autodeco``: both learned heads; ``autodeco-t`` / ``autodeco-p``: only the temperature / top-p head.
 - ``autodeco@S`` (also written ``scale:S``): both heads with ``temperature_scale = S`` (0 is greedy).
+- ``autodeco-t+p-less``: the temperature head (P = 1) plus the exact p-less filter at its T, the rule
+  ``deco train top-p`` distils into the top-p head (decoding-step filter: the engines with the full step).
 
 New strategies (baselines) add their names with :func:`register_strategy`. The evaluation harness
 adds meta strategies (``oracle``, ``mean-static``) on top, in :mod:`deco_middleware.evaluation`.
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .baselines import BASELINES, parse_baseline
+from .baselines import BASELINES, PLess, WithFilters, parse_baseline
 from .errors import UnknownStrategyError
 from .sampling import (
     GREEDY,
@@ -264,6 +266,19 @@ def _learned(temperature_head: bool, top_p_head: bool) -> Parser:
     return parse
 
 
+def _learned_p_less(text: str, argument: str | None) -> Strategy:
+    _no_argument(text, argument)
+
+    def build(heads: Any) -> Predictor:
+        if heads is None:
+            raise UnknownStrategyError(f"Strategy {text!r} runs the learned temperature head: pass `heads`.")
+        settings = DecodingSettings(use_top_p_head=False)
+        learned = LearnedPredictor(heads, settings.for_trained_heads(getattr(heads, "trained_heads", ("temperature",))))
+        return WithFilters(learned, (PLess(),))
+
+    return Strategy("autodeco-t+p-less", "learned+filter", build=build, needs_heads_flag=True)
+
+
 def _scale(text: str, argument: str | None) -> Strategy:
     try:
         scale = float(argument) if argument is not None else math.nan
@@ -286,6 +301,8 @@ register_strategy("edt", _edt, shown_as="edt[:T0,N,theta]",
 register_strategy("min-p", _min_p, shown_as="min-p:X[,T]", help="min-p filtering at temperature T (default 1), P=1")
 register_strategy("autodeco-t", _learned(True, False), help="learned temperature head only, P=1")
 register_strategy("autodeco-p", _learned(False, True), help="learned top-p head only, T=1")
+register_strategy("autodeco-t+p-less", _learned_p_less,
+                  help="learned temperature head, P=1, then the exact p-less filter at its T (what `deco train top-p` distils)")
 register_strategy("scale", _scale, shown_as="autodeco@S | scale:S",
                   help="both learned heads with the temperature scaled by S (0 is greedy)")
 for _family, _entry in BASELINES.items():

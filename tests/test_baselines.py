@@ -186,3 +186,28 @@ def test_baselines_are_names_of_the_one_strategy_vocabulary():
     assert parse_strategy("min-p:0.1,0.7").temperature == 0.7
     with pytest.raises(UnknownStrategyError, match="swap them"):
         parse_strategy("entropy-continuous:1.0,0.3")
+
+def test_learned_temperature_with_p_less_is_the_heads_t_then_the_exact_rule(tiny_heads):
+    """`autodeco-t+p-less`: the T head's temperature, P = 1, and the p-less set of softmax(l / T) in the step."""
+    from deco_middleware.sampling import DecodingSettings, LearnedPredictor, decode_step
+    from deco_middleware.strategies import parse_strategy
+
+    strategy = parse_strategy("autodeco-t+p-less")
+    assert strategy.learned and strategy.key == "autodeco-t+p-less"
+    rng = np.random.default_rng(4)
+    hidden = rng.normal(size=(5, tiny_heads.hidden_size)).astype(np.float32)
+    logits = (rng.normal(size=(5, 128)) * 3).astype(np.float32)
+    predictor = strategy.predictor(tiny_heads)
+    decisions = predictor.predict(hidden, logits)
+    alone = LearnedPredictor(tiny_heads, DecodingSettings(use_top_p_head=False)).predict(hidden, logits)
+    np.testing.assert_array_equal(decisions.temperature, alone.temperature)
+    assert decisions.top_p.tolist() == [1.0] * 5 and isinstance(decisions.filters[-1], PLess)
+    step = decode_step(predictor, logits, hidden=hidden)
+    tempered = logits / decisions.temperature.astype(np.float32)[:, None]
+    expected = np.isfinite(PLess().apply(tempered))
+    np.testing.assert_array_equal(np.isfinite(step.scores), expected)
+    assert (expected.sum(-1) > 1).any() and (expected.sum(-1) < 128).all()
+    with pytest.raises(Exception, match="pass `heads`"):
+        strategy.predictor(None)
+    with pytest.raises(Exception, match="takes no parameters"):
+        parse_strategy("autodeco-t+p-less:0.5")

@@ -269,12 +269,8 @@ def _learned(temperature_head: bool, top_p_head: bool) -> Parser:
 def _learned_p_less(text: str, argument: str | None) -> Strategy:
     _no_argument(text, argument)
 
-    def build(heads: Any) -> Predictor:
-        if heads is None:
-            raise UnknownStrategyError(f"Strategy {text!r} runs the learned temperature head: pass `heads`.")
-        settings = DecodingSettings(use_top_p_head=False)
-        learned = LearnedPredictor(heads, settings.for_trained_heads(getattr(heads, "trained_heads", ("temperature",))))
-        return WithFilters(learned, (PLess(),))
+    def build(heads: Any) -> Predictor:  # autodeco-t's own predictor, the filter appended
+        return WithFilters(_learned(True, False)("autodeco-t", None).predictor(heads), (PLess(),))
 
     return Strategy("autodeco-t+p-less", "learned+filter", build=build, needs_heads_flag=True)
 

@@ -61,8 +61,12 @@ def _parameters_to_buffers(module: "torch.nn.Module") -> None:
             submodule.register_buffer(name, parameter.detach(), persistent=False)
 
 
-def torch_heads_from_artifact(heads: DecodingHeads, *, device: "torch.device | str" = "cpu") -> AutoDecoHeads:
+def torch_heads_from_artifact(heads: DecodingHeads, *, device: "torch.device | str" = "cpu",
+                              trainable: bool = False) -> AutoDecoHeads:
     """:class:`AutoDecoHeads` (float32, eval mode, weights held as buffers) equal to ``heads``.
+
+    ``trainable=True`` keeps the weights as parameters, for training on from the artifact
+    (``deco train top-p``).
 
     >>> heads = DecodingHeads.from_pretrained("smollm2-135m-instruct")  # doctest: +SKIP
     >>> module = torch_heads_from_artifact(heads)                        # doctest: +SKIP
@@ -77,7 +81,8 @@ def torch_heads_from_artifact(heads: DecodingHeads, *, device: "torch.device | s
     state = {name: torch.from_numpy(value) for name, value in weights.items()}  # type: ignore[arg-type]
     module.load_state_dict(state, strict=True)
     module = module.to(device=device, dtype=torch.float32).eval()
-    _parameters_to_buffers(module)
+    if not trainable:
+        _parameters_to_buffers(module)
     return module
 
 

@@ -119,10 +119,15 @@ def _row_weights(size: Any, branch_weight: float) -> Any:
     return torch.where(size > 1, torch.full(size.shape, float(branch_weight)), torch.ones(size.shape))
 
 
-def agreement(top_p: Any, low: Any, high: Any) -> Any:
-    """Share of rows whose nucleus at ``top_p`` is exactly the rule's set (``low < P <= high``)."""
+def _exact(top_p: Any, low: Any, high: Any) -> Any:
+    """Per row: whether the nucleus at ``top_p`` is exactly the rule's set (``low < P <= high``)."""
     p = top_p.double()
-    return ((p > low) & (p <= high)).double().mean()
+    return (p > low) & (p <= high)
+
+
+def agreement(top_p: Any, low: Any, high: Any) -> Any:
+    """Share of rows whose nucleus at ``top_p`` is exactly the rule's set."""
+    return _exact(top_p, low, high).double().mean()
 
 
 @torch.no_grad()
@@ -147,7 +152,7 @@ def _validate(heads: Any, cache: FeatureCache, indices: np.ndarray, low: np.ndar
     the rule keeps more than one token (where the nucleus decides anything), the mean P."""
     if not len(indices):
         return {}
-    total, agree, mean_p = 0.0, 0.0, 0.0
+    total, mean_p = 0.0, 0.0
     exact = []
     for start in range(0, len(indices), config.batch_size):
         part = slice(start, start + config.batch_size)
@@ -157,13 +162,13 @@ def _validate(heads: Any, cache: FeatureCache, indices: np.ndarray, low: np.ndar
         lo, hi = torch.from_numpy(low[part]), torch.from_numpy(high[part])
         n = len(hidden)
         total += float(top_p_target_loss(top_p, lo, hi, config.huber_delta)) * n
-        agree += float(agreement(top_p, lo, hi)) * n
         mean_p += float(top_p.sum())
-        exact.append(((top_p.double() > lo) & (top_p.double() <= hi)).numpy())
+        exact.append(_exact(top_p, lo, hi).numpy())
     n = len(indices)
     branching = size > 1
-    hits = np.concatenate(exact)[branching]
-    return {"loss": round(total / n, 5), "agreement": round(agree / n, 4),
+    every = np.concatenate(exact)
+    hits = every[branching]
+    return {"loss": round(total / n, 5), "agreement": round(float(every.mean()), 4),
             "agreement_branching": round(float(hits.mean()), 4) if len(hits) else None,
             "branching_share": round(float(branching.mean()), 4), "top_p_mean": round(mean_p / n, 4)}
 
@@ -193,7 +198,6 @@ def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, 
     val_low, val_high, val_size = _targets(heads, cache, val_idx, config.batch_size)
     validation_before = _validate(heads, cache, val_idx, val_low, val_high, val_size, config)
     validation_before["rule_size_mean"] = round(float(train_size.mean()), 3)
-    torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(heads.top_p_head.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng = np.random.default_rng(config.seed + 1)
     steps_per_epoch = -(-len(train_idx) // config.batch_size)
@@ -234,8 +238,7 @@ def fit_top_p_target(heads: Any, cache: FeatureCache, config: TopPTargetConfig, 
 def heads_from_artifact_for_training(path: Any) -> tuple[Any, Any]:
     """``(AutoDecoHeads with trainable weights, DecodingHeads)`` of a heads folder or shipped name."""
     from ..heads.artifact import DecodingHeads
-    from ..heads.modules import AutoDecoHeads
-    from ..heads.torch_artifact import onnx_head_weights
+    from ..heads.torch_artifact import torch_heads_from_artifact
 
     artifact = DecodingHeads.from_pretrained(path)
     architecture = artifact.manifest.heads
@@ -245,13 +248,7 @@ def heads_from_artifact_for_training(path: Any) -> tuple[Any, Any]:
     if "temperature" not in architecture.trained:
         raise ValueError(f"The heads at {path} have no trained temperature head (trained={architecture.trained}); the "
                          "top-p target is taken at the heads' own temperature, so train that first.")
-    weights = onnx_head_weights(artifact)
-    stored = weights.pop("max_temperature", None)
-    max_temperature = architecture.max_temperature if stored is None else float(np.asarray(stored).reshape(-1)[0])
-    module = AutoDecoHeads(artifact.hidden_size, inner_size=int(np.asarray(weights["temp_head.mlp.0.weight"]).shape[0]),
-                           max_temperature=max_temperature, temperature_features=architecture.temperature_features)
-    module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}, strict=True)
-    return module, artifact
+    return torch_heads_from_artifact(artifact, trainable=True), artifact
 
 
 def export_top_p_target_heads(result: FitResult, artifact: Any, cache: FeatureCache, config: TopPTargetConfig,

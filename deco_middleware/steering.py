@@ -86,6 +86,72 @@ NEUTRAL_PHRASINGS: tuple[str, ...] = (
     "Danke im Voraus.",
 )
 
+# Words of the held-out phrasings that no generated phrasing uses, so that a held-out sentence can only be
+# read through its meaning, not through a quantifier seen in training ("little", "peu", "wenig", ...).
+EVAL_KEY_WORDS: tuple[str, ...] = ("little", "minimal", "cautious", "exact", "peu", "wenig", "lot", "lots", "wild",
+                                   "imaginative", "beaucoup", "viel")
+
+# Combinatorial training phrasings (``--steer-phrasings generated``): the hand-written set gives a
+# prompt-level reader 36 distinct sentences to learn from, too few to generalise (docs/training.md,
+# "Fifth session"). Templates x quantifiers x nouns, in English, French and German, for both
+# directions with the same templates, so only the quantifier tells them apart.
+_GEN_EN_NOUNS = ("randomness", "variability", "unpredictability", "variation", "chance", "improvisation")
+_GEN_EN = {
+    "low": ("hardly any", "almost no", "barely any", "no", "low", "the least possible", "reduced", "close to zero"),
+    "high": ("plenty of", "a great deal of", "tons of", "abundant", "high", "the most possible", "increased",
+             "maximum"),
+}
+_GEN_EN_TEMPLATES = ("Answer with {q} {n}.", "Reply using {q} {n}.", "Write your answer with {q} {n}.",
+                     "Solve this with {q} {n}.", "Please respond with {q} {n}.")
+_GEN_EN_ADJ = {
+    "low": ("deterministic", "predictable", "careful", "precise", "conservative", "focused", "consistent", "sober"),
+    "high": ("random", "unpredictable", "adventurous", "creative", "playful", "surprising", "spontaneous", "varied"),
+}
+_GEN_EN_ADJ_TEMPLATES = ("Be {a}.", "Be {a} in your reply.", "Make your answer {a}.", "Try to be as {a} as possible.")
+_GEN_EN_MOVES = {
+    "low": ("Turn the {n} down.", "Decrease the {n}.", "Reduce the {n} of your answer.", "Sample at a low temperature.",
+            "Keep the {n} to a minimum.", "Avoid {n}."),
+    "high": ("Turn the {n} up.", "Increase the {n}.", "Raise the {n} of your answer.", "Sample at a high temperature.",
+             "Push the {n} to the maximum.", "Embrace {n}."),
+}
+_GEN_FR = {"low": ("presque pas de", "un minimum de", "zéro", "moins de"),
+           "high": ("énormément de", "un maximum de", "plein de", "plus de")}
+_GEN_FR_TEMPLATES = ("Réponds avec {q} hasard.", "Donne ta réponse avec {q} hasard.", "Écris ta réponse avec {q} hasard.")
+_GEN_DE = {"low": ("kaum", "keinem", "minimalem", "geringem"),
+           "high": ("maximalem", "sehr großem", "reichlich", "hohem")}
+_GEN_DE_TEMPLATES = ("Antworte mit {q} Zufall.", "Schreib deine Antwort mit {q} Zufall.", "Löse das mit {q} Zufall.")
+
+
+def generated_phrasings() -> dict[str, tuple[str, ...]]:
+    """The combinatorial training phrasings per direction (deterministic, no duplicates, none of
+    :data:`EVAL_KEY_WORDS` and none of the held-out sentences)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for direction in STEER_VALUES:
+        sentences = [t.format(q=q, n=n) for t in _GEN_EN_TEMPLATES for q in _GEN_EN[direction] for n in _GEN_EN_NOUNS]
+        sentences += [t.format(a=a) for t in _GEN_EN_ADJ_TEMPLATES for a in _GEN_EN_ADJ[direction]]
+        sentences += [t.format(n=n) for t in _GEN_EN_MOVES[direction] for n in _GEN_EN_NOUNS]
+        sentences += [t.format(q=q) for t in _GEN_FR_TEMPLATES for q in _GEN_FR[direction]]
+        sentences += [t.format(q=q) for t in _GEN_DE_TEMPLATES for q in _GEN_DE[direction]]
+        sentences = [s[0].upper() + s[1:] for s in sentences]
+        out[direction] = tuple(dict.fromkeys(sentences))
+    return out
+
+
+PHRASING_SETS: tuple[str, ...] = ("hand", "generated")
+
+
+def training_phrasings(name: str = "hand") -> dict[str, tuple[str, ...]]:
+    """The training phrasings by set name: ``"hand"`` (:data:`TRAIN_PHRASINGS`, what the shipped heads
+    saw) or ``"generated"`` (:func:`generated_phrasings` after the hand-written ones)."""
+    if name == "hand":
+        return TRAIN_PHRASINGS
+    if name == "generated":
+        generated = generated_phrasings()
+        return {d: tuple(dict.fromkeys(TRAIN_PHRASINGS[d] + generated[d])) for d in STEER_VALUES}
+    raise SteerError(f"`--steer-phrasings` must be one of {', '.join(PHRASING_SETS)}, got {name!r}: 'hand' is the "
+                     "hand-written set, 'generated' adds the combinatorial one.")
+
+
 EVAL_PHRASINGS: dict[str, tuple[str, ...]] = {
     "low": (
         "Generate your reply with very little randomness.",

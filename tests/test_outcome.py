@@ -243,6 +243,31 @@ def test_training_and_evaluation_phrasings_are_disjoint() -> None:
     assert len({p.lower().strip() for p in every}) == len(every)
 
 
+def test_generated_phrasings_avoid_the_held_out_sentences_and_their_key_words() -> None:
+    import re
+
+    generated = steering.generated_phrasings()
+    assert generated == steering.generated_phrasings()  # deterministic
+    held_out = {p.lower().strip() for d in steering.STEER_VALUES for p in steering.EVAL_PHRASINGS[d]}
+    keys = set(steering.EVAL_KEY_WORDS)
+    for direction in steering.STEER_VALUES:
+        sentences = generated[direction]
+        assert len(sentences) > 300 and len(set(sentences)) == len(sentences)
+        assert not {s.lower().strip() for s in sentences} & held_out
+        assert not [s for s in sentences if set(re.findall(r"\w+", s.lower())) & keys]
+        # every key word really is a word of some held-out phrasing (the list cannot go stale silently)
+    words = {w for p in held_out for w in re.findall(r"\w+", p)}
+    assert keys <= words
+    assert not set(generated["low"]) & set(generated["high"])
+    both = steering.training_phrasings("generated")
+    for direction in steering.STEER_VALUES:
+        assert both[direction][:len(steering.TRAIN_PHRASINGS[direction])] == steering.TRAIN_PHRASINGS[direction]
+        assert set(generated[direction]) <= set(both[direction])
+    assert steering.training_phrasings("hand") is steering.TRAIN_PHRASINGS
+    with pytest.raises(steering.SteerError, match="got 'many'.*'hand'"):
+        steering.training_phrasings("many")
+
+
 def test_steer_prompt_puts_the_instruction_at_the_end_of_the_user_turn() -> None:
     assert steering.steer_prompt("What is 2+2?", None) == "What is 2+2?"
     assert steering.steer_prompt("What is 2+2?", "low") == "What is 2+2?\n\nAnswer with low randomness."

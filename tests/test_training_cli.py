@@ -118,6 +118,14 @@ def test_rollouts_heads_without_scales_is_refused_with_the_fix(tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
 
 
+def test_rollouts_unknown_phrasing_set_is_refused_before_any_draw(tmp_path):
+    result = CliRunner().invoke(app, ["train", "rollouts", "--out", str(tmp_path / "r.jsonl"), "--tasks", "products",
+                                      "--steer-pairs", "1", "--steer-phrasings", "many"])
+    assert result.exit_code == 2, result.output
+    assert "'many'" in result.output and "generated" in result.output
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 @pytest.mark.parametrize("stage", ["data", "cache", "fit", "rollouts", "outcome", "top-p"])
 def test_every_recorded_option_is_an_option_of_the_command(stage):
     """The recorded command must replay: `train_top_p` was written `--no-train-top-p`, the flag is `--no-top-p`."""

@@ -37,6 +37,8 @@ def rollouts_command(
     steer_neutral: Annotated[bool, typer.Option(help="With --steer-pairs: also a copy under a sentence that asks "
                                                      "nothing of the decoding (steering.NEUTRAL_PHRASINGS), for the "
                                                      "outcome fit's hold term.")] = False,
+    steer_phrasings: Annotated[str, typer.Option(help="Training phrasings of the copies: 'hand' (steering.TRAIN_PHRASINGS) "
+                                                     "or 'generated' (adds steering.generated_phrasings()).")] = "hand",
     heads: Annotated[Optional[str], typer.Option(help="On-policy draws: heads (shipped name or folder) that also "
                                                      "sample every prompt, at each --head-scales value.")] = None,
     head_scales: Annotated[Optional[str], typer.Option(help="Comma-separated autodeco@S scales for --heads, e.g. 0.5,1.")] = None,
@@ -45,10 +47,12 @@ def rollouts_command(
     """Sample every prompt at every temperature (and with --heads, by the heads themselves) and keep every
     draw, graded, with its behaviour policy."""
     command = _command_line("rollouts", dict(locals()))  # before any import adds names to locals()
+    from ..steering import NEUTRAL_PHRASINGS, training_phrasings
     from ..training.data import read_jsonl, write_jsonl
     from ..training.rollouts import ROLLOUT_TASKS, RolloutConfig, add_steer_pairs, generate_rollouts
 
     try:
+        phrasings = training_phrasings(steer_phrasings)  # refused before any draw
         counts = {k: int(v) for k, v in (p.split("=") for p in prompts_for.split(","))} if prompts_for else None
         config = RolloutConfig(tasks=tuple(t.strip() for t in tasks.split(",")) if tasks else tuple(ROLLOUT_TASKS),
                                prompts_per_task=prompts_per_task, prompts_for=counts,
@@ -59,12 +63,11 @@ def rollouts_command(
         loaded_model, tokenizer = _load(model, "float32", threads)
         summary = generate_rollouts(loaded_model, tokenizer, config, out, log=lambda m: console.print(m))
         if steer_pairs:
-            from ..steering import NEUTRAL_PHRASINGS
-
-            records = add_steer_pairs(read_jsonl(out), per_group=steer_pairs, seed=seed,
+            records = add_steer_pairs(read_jsonl(out), per_group=steer_pairs, seed=seed, phrasings=phrasings,
                                       neutral=NEUTRAL_PHRASINGS if steer_neutral else None)
             write_jsonl(records, out)
             summary["steer_copies"] = sum(1 for r in records if r.get("steer"))
+            summary["steer_phrasings"] = steer_phrasings
     except (DecoError, ValueError) as error:
         _fail(str(error))
     summary["command"] = command

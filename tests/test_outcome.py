@@ -420,18 +420,40 @@ def test_steer_report_metrics_on_hand_built_rows() -> None:
     assert majority_correct(["it is 4", "5", "so 4"], [1.0, 0.0, 1.0], "4")
     assert not majority_correct(["5", "4"], [0.0, 1.0], "4")
 
-    def cond(t: float, phrasing: str | None = None) -> dict:
-        return {"T": t, "P": 1.0, "pass@1": 0.5, "pass@k": 1.0, "maj@k": 1.0, "distinct-2": 0.5, "phrasing": phrasing}
+    def cond(t: float, phrasing: str | None = None, pass1: float = 0.5, passk: float = 1.0, maj: float = 1.0,
+             distinct: float = 0.5) -> dict:
+        return {"T": t, "P": 1.0, "pass@1": pass1, "pass@k": passk, "maj@k": maj, "distinct-2": distinct,
+                "phrasing": phrasing}
 
-    rows = {"rg:a": [{"none": cond(0.6), "low": cond(0.3, "L1"), "high": cond(0.9, "H1")},
-                     {"none": cond(0.6), "low": cond(0.7, "L2"), "high": cond(0.8, "H2")}]}
+    rows = {"rg:a": [{"none": cond(0.6), "low": cond(0.3, "L1", pass1=0.75, maj=0.0),
+                      "high": cond(0.9, "H1", passk=0.0, distinct=0.9)},
+                     {"none": cond(0.6, pass1=0.25), "low": cond(0.7, "L2", pass1=0.25),
+                      "high": cond(0.8, "H2", distinct=0.7)}]}
     report = summarize_steer(rows)
     overall = report["overall"]
     assert overall["dT_low"] == pytest.approx(-0.1) and overall["dT_high"] == pytest.approx(0.25)
     assert overall["consistency_low"] == 0.5 and overall["consistency_high"] == 1.0
     assert report["phrasings"]["L2"] == {"direction": "low", "problems": 1, "dT": pytest.approx(0.1),
                                          "dT_se": 0.0, "consistency": 0.0}
-    assert "| L1 | low | 1 |" in steer_markdown(report)
+    # Paired over problems, instructed minus none: low pass@1 +0.25 / 0.0, low maj@k -1 / 0.
+    assert overall["dpass@1_low"] == pytest.approx(0.125) and overall["dpass@1_low_se"] == pytest.approx(0.125)
+    assert overall["dmaj@k_low"] == pytest.approx(-0.5) and overall["dpass@k_high"] == pytest.approx(-0.5)
+    assert overall["ddistinct-2_high"] == pytest.approx(0.3) and overall["ddistinct-2_high_se"] == pytest.approx(0.1)
+    markdown = steer_markdown(report)
+    assert "| L1 | low | 1 |" in markdown
+    assert "| **overall** | +12.5 ± 12.5 | -50.0 ± 50.0 | +0.300 ± 0.100 | -50.0 ± 50.0 |" in markdown
+
+
+def test_steer_phrasing_sources_name_the_held_out_set_and_the_api_sentence() -> None:
+    from deco_middleware.evaluation.steer import steer_phrasings
+
+    assert steer_phrasings("held-out") == {d: list(p) for d, p in steering.EVAL_PHRASINGS.items()}
+    api = steer_phrasings("api")
+    assert api == {d: [steering.DEFAULT_INSTRUCTION[d]] for d in steering.STEER_VALUES}
+    for direction in steering.STEER_VALUES:  # what LearnedDecoding(steer=...) inserts is what is measured
+        assert steering.steer_prompt("Q", direction) == "Q\n\n" + api[direction][0]
+    with pytest.raises(ValueError, match="'train'.*held-out, api"):
+        steer_phrasings("train")
 
 
 def test_prompt_shared_rollout_cache_matches_the_plain_cache(tiny_lm, tmp_path: Path) -> None:

@@ -126,6 +126,15 @@ def test_rollouts_unknown_phrasing_set_is_refused_before_any_draw(tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
 
 
+def test_steer_unknown_phrasing_source_is_refused_before_the_model_loads(tmp_path):
+    # A model folder that does not exist: had the phrasings been checked after loading, this would be the error.
+    result = CliRunner().invoke(app, ["steer", "--task", "rg:products", "--out", str(tmp_path / "s"),
+                                      "--model", str(tmp_path / "no-model"), "--phrasings", "train"])
+    assert result.exit_code == 2, result.output
+    assert "'train'" in result.output and "held-out, api" in result.output and "no-model" not in result.output
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("stage", ["data", "cache", "fit", "rollouts", "outcome", "top-p"])
 def test_every_recorded_option_is_an_option_of_the_command(stage):
     """The recorded command must replay: `train_top_p` was written `--no-train-top-p`, the flag is `--no-top-p`."""

@@ -190,24 +190,28 @@ def steer_command(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     seed: Annotated[int, typer.Option()] = 7,
     batch_size: Annotated[int, typer.Option(min=1)] = 192,
+    phrasings: Annotated[str, typer.Option(
+        help="held-out: steering.EVAL_PHRASINGS, never trained on (the benchmark); api: the one sentence "
+             "LearnedDecoding(steer=...) inserts.")] = "held-out",
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """The steering report: mean T / P with a held-out 'low' / 'high' instruction and with none."""
     from ..default_model import load_model
-    from ..evaluation.steer import run_steer, steer_markdown, write_steer_outputs
+    from ..evaluation.steer import run_steer, steer_markdown, steer_phrasings, write_steer_outputs
     from ..evaluation.tasks import load_task
     from ..heads.artifact import DecodingHeads
 
     started = time.perf_counter()
     try:
+        sentences = steer_phrasings(phrasings)  # a bad value fails before the model loads
         tasks = [load_task(spec, limit=limit) for spec in task]
         decoding_heads = DecodingHeads.from_pretrained(heads)
         loaded_model, tokenizer = load_model(model)
         report = run_steer(loaded_model, tokenizer, decoding_heads, tasks, samples=samples,
-                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, phrasings=sentences)
     except (DecoError, ValueError) as error:
         _fail(str(error))
-    report["settings"].update(heads=heads, limit=limit, wall_seconds=round(time.perf_counter() - started, 1))
+    report["settings"].update(heads=heads, limit=limit, phrasings=phrasings, wall_seconds=round(time.perf_counter() - started, 1))
     paths = write_steer_outputs(report, out)
     if json_output:
         typer.echo(json.dumps(report))

@@ -4,12 +4,14 @@ Every problem is sampled three times with the heads: with no instruction, with a
 "high" instruction from the *held-out* phrasings (:data:`deco_middleware.steering.EVAL_PHRASINGS`,
 never seen in training), inserted where training puts it (:func:`~deco_middleware.steering.steer_prompt`).
 Problem ``i`` gets phrasing ``i mod n`` of each direction, so every phrasing is measured.
+(``phrasings=steer_phrasings("api")``: the one training sentence ``LearnedDecoding(steer=...)`` inserts.)
 
 Per task and overall: mean T and P with each instruction and with none (per problem, the mean over
 all generated tokens of its samples; then the mean over problems), dT / dP against none with a
 standard error over problems, consistency (share of problems whose shift has the instructed
 sign), pass@1 / pass@k / maj@k (the effect on accuracy) and distinct-2 (distinct word bigrams over
-all words bigrams of a problem's k samples: the effect on diversity). Per phrasing: dT and
+all words bigrams of a problem's k samples: the effect on diversity), with the issue's output effects
+(:data:`OUTCOME_DIFFERENCES`) also as paired differences with a standard error. Per phrasing: dT and
 consistency, so a failing phrasing or language is named.
 
 The free-running dT mixes two effects: the heads reading the instruction, and the model writing other
@@ -31,12 +33,27 @@ from typing import Any
 import numpy as np
 
 from ..manifest import atomic_write_bytes
-from ..steering import EVAL_PHRASINGS, steer_prompt
+from ..steering import DEFAULT_INSTRUCTION, EVAL_PHRASINGS, steer_prompt
 from .extraction import candidate_answer
 from .metrics import mean_and_stderr
 from .tasks import Task
 
 CONDITIONS = ("none", "low", "high")
+# The effect on the output the issue asks for, as paired differences (instructed minus none, per problem):
+# accuracy for "low", diversity and pass@k for "high".
+OUTCOME_DIFFERENCES = (("low", "pass@1"), ("low", "maj@k"), ("high", "distinct-2"), ("high", "pass@k"))
+PHRASING_SOURCES = ("held-out", "api")
+
+
+def steer_phrasings(source: str) -> dict[str, list[str]]:
+    """The instructions ``deco steer`` measures with: ``held-out`` (:data:`EVAL_PHRASINGS`, never trained
+    on: the issue's benchmark) or ``api`` (the one sentence ``LearnedDecoding(steer=...)`` inserts, a
+    training phrasing: what the API promises on prompts training never saw)."""
+    if source == "held-out":
+        return {direction: list(p) for direction, p in EVAL_PHRASINGS.items()}
+    if source == "api":
+        return {direction: [sentence] for direction, sentence in DEFAULT_INSTRUCTION.items()}
+    raise ValueError(f"unknown phrasing source {source!r}: use one of {', '.join(PHRASING_SOURCES)}")
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:
@@ -138,6 +155,9 @@ def _summary(problems: Sequence[dict[str, Any]]) -> dict[str, Any]:
             block[metric] = round(mean, 4)
             block[f"{metric}_se"] = round(se, 4)
         out[condition] = block
+    for direction, metric in OUTCOME_DIFFERENCES:  # paired over problems: instructed minus none
+        mean, se = mean_and_stderr([p[direction][metric] - p["none"][metric] for p in problems])
+        out[f"d{metric}_{direction}"], out[f"d{metric}_{direction}_se"] = round(mean, 4), round(se, 4)
     for direction, sign in (("low", -1.0), ("high", 1.0)):
         for metric in ("T", "P"):
             shifts = [p[direction][metric] - p["none"][metric] for p in problems]
@@ -200,7 +220,19 @@ def steer_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name.split('?')[0]} | {s['dT_fixed_low']:+.3f} ± {s['dT_fixed_low_se']:.3f} | "
                          f"{s['dT_fixed_high']:+.3f} ± {s['dT_fixed_high_se']:.3f} | "
                          f"{100 * s['consistency_fixed_low']:.1f}% | {100 * s['consistency_fixed_high']:.1f}% |")
-    lines += ["", "| held-out phrasing | direction | problems | dT | consistency | dT, same completion | consistency |",
+    if "dpass@1_low" in report["overall"]:
+        lines += ["", "The effect on the output, instructed minus none, paired over problems (± SE, in points; "
+                  "distinct-2 as a fraction):", "",
+                  "| task | pass@1 low - none | maj@k low - none | distinct-2 high - none | pass@k high - none |",
+                  "|---|---|---|---|---|"]
+        for name, s in blocks:
+            cells = []
+            for direction, metric in OUTCOME_DIFFERENCES:
+                scale, digits = (1.0, 3) if metric == "distinct-2" else (100.0, 1)
+                key = f"d{metric}_{direction}"
+                cells.append(f"{scale * s[key]:+.{digits}f} ± {scale * s[key + '_se']:.{digits}f}")
+            lines.append(f"| {name.split('?')[0]} | " + " | ".join(cells) + " |")
+    lines += ["", "| phrasing | direction | problems | dT | consistency | dT, same completion | consistency |",
               "|---|---|---|---|---|---|---|"]
     for phrasing, s in report["phrasings"].items():
         fixed = (f"{s['dT_fixed']:+.3f} ± {s['dT_fixed_se']:.3f} | {100 * s['consistency_fixed']:.1f}%"

@@ -6,16 +6,17 @@ the 135M model answers worse with an extra sentence in the prompt, whatever the 
 separates the model's part from the heads': **greedy** decoding (no temperature, no heads) of the same
 problems under each instruction and each placement, graded by the task's own scorer:
 
-* ``user``: appended to the user turn (``steering.with_instruction``: where training and
-  ``LearnedDecoding(steer=...)`` put it today);
+* ``user``: appended to the user turn (``place_instruction(..., placement="user")``: where training puts it,
+  ``LearnedDecoding(steer=...)``'s default);
 * ``system``: the chat template's own system message (SmolLM2's default "You are a helpful AI
-  assistant ...") with the instruction appended;
+  assistant ...") with the instruction appended (``placement="system"``, ``LearnedDecoding(steer=...,
+  steer_placement="system")``);
 
 for no instruction, a neutral sentence (``steering.NEUTRAL_PHRASINGS``: asks nothing of the decoding),
 and the "low" / "high" sentences ``LearnedDecoding(steer=...)`` inserts. Dev split of the training tasks
 (dataset seed 4242, the configurations of docs/training.md's dev protocol): never an evaluation set.
-Prints JSON (accuracy, paired difference against no instruction with its standard error, per task and
-overall) on stdout; progress on stderr.
+Prints JSON (accuracy, paired differences against no instruction and, for the system placement, against
+the user placement, each with its standard error, per task and overall) on stdout; progress on stderr.
 
     PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/steer_placement.py --limit 100 > placement.json
 """
@@ -31,7 +32,8 @@ import torch
 from deco_middleware.default_model import load_model
 from deco_middleware.evaluation.metrics import mean_and_stderr
 from deco_middleware.evaluation.tasks import load_task
-from deco_middleware.steering import DEFAULT_INSTRUCTION, NEUTRAL_PHRASINGS, with_instruction
+from deco_middleware.hf.chat import chat_texts, template_system_message
+from deco_middleware.steering import DEFAULT_INSTRUCTION, NEUTRAL_PHRASINGS, place_instruction
 
 DEV_TASKS = {  # products is left out: its small problem set overlaps the steering evaluation's prompts
     "chain_sum": "rg:chain_sum?min_terms=2&max_terms=3&min_digits=1&max_digits=1&seed=4242",
@@ -51,19 +53,13 @@ def main() -> None:
     model, tokenizer = load_model("default")
     model.eval()
     tokenizer.padding_side = "left"
-    default_system = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
-    # SmolLM2's template inserts its own system message when none is given; keep it and append to it.
-    marker = "<|im_start|>system\n"
-    system = default_system[default_system.index(marker) + len(marker):default_system.index("<|im_end|>")]
+    # SmolLM2's template inserts its own system message when none is given: the system placement keeps it.
+    system = template_system_message(tokenizer)
 
     def chat(question: str, placement: str, instruction: str | None) -> str:
-        if instruction is None:
-            messages = [{"role": "user", "content": question}]
-        elif placement == "user":
-            messages = [{"role": "user", "content": with_instruction(question, instruction)}]
-        else:
-            messages = [{"role": "system", "content": f"{system} {instruction}"}, {"role": "user", "content": question}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt = question if instruction is None else place_instruction(question, instruction, placement=placement,
+                                                                         system=system)
+        return chat_texts(tokenizer, [prompt])[0][0]
 
     @torch.no_grad()
     def greedy(texts: list[str]) -> list[str]:
@@ -95,6 +91,10 @@ def main() -> None:
             diff, diff_se = mean_and_stderr([a - b for a, b in zip(values, rows["none"])])
             out[key] = {"pass@1": round(100 * mean, 1), "se": round(100 * se, 1),
                         "minus_none": round(100 * diff, 1), "minus_none_se": round(100 * diff_se, 1)}
+            if key.endswith("/system"):  # the placements against each other, paired over the same problems
+                user = rows[key.replace("/system", "/user")]
+                gap, gap_se = mean_and_stderr([a - b for a, b in zip(values, user)])
+                out[key].update(minus_user=round(100 * gap, 1), minus_user_se=round(100 * gap_se, 1))
         return out
 
     pooled = {key: [v for rows in scores.values() for v in rows[key]] for key in next(iter(scores.values()))}

@@ -18,12 +18,17 @@ heads learned the meaning rather than the exact words.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import SteerError
 
+if TYPE_CHECKING:
+    from .messages import Prompt
+
 Steer = Literal["low", "high"]
 STEER_VALUES: tuple[str, ...] = ("low", "high")
+# Where the instruction goes: "user" (where training puts it) or "system" (the system message).
+PLACEMENTS: tuple[str, ...] = ("user", "system")
 
 
 # The first six of each direction are the original set; the minimal pairs after them put the same
@@ -181,18 +186,55 @@ def check_steer(steer: str | None) -> str | None:
                      "randomness, 'high' for more; None leaves the prompt as it is.")
 
 
+def check_placement(placement: str) -> str:
+    """``placement`` itself when it is one of :data:`PLACEMENTS`; otherwise a clear error."""
+    if placement in PLACEMENTS:
+        return placement
+    raise SteerError(f"The instruction placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {placement!r}: "
+                     "'user' appends it to the user message (where training puts it), 'system' to the system message.")
+
+
 def with_instruction(prompt: str, sentence: str) -> str:
-    """``sentence`` where every instruction goes: the end of the user turn, after a blank line."""
+    """``sentence`` where training puts every instruction: the end of the user turn, after a blank line."""
     return f"{prompt}\n\n{sentence}"
 
 
-def steer_prompt(prompt: str, steer: str | None, phrasing: str | None = None) -> str:
-    """The user message with the instruction for ``steer`` appended where training put it."""
-    steer = check_steer(steer)
+def place_instruction(prompt: Prompt, sentence: str, *, placement: str = "user", system: str | None = None) -> Prompt:
+    """``prompt`` (a user message or a list of chat messages) with ``sentence`` added.
+
+    ``placement="user"``: appended to the (last) user message, after a blank line (a string stays a
+    string). ``placement="system"``: appended to the system message, after a space; a prompt without one
+    gets a system message made of ``system`` (the chat template's own default,
+    :func:`deco_middleware.hf.chat.template_system_message`, so that the sentence is the only change)
+    and the sentence. ``prompt`` itself is never modified."""
+    from .messages import chat_messages
+
+    placement = check_placement(placement)
+    if placement == "user" and isinstance(prompt, str):
+        return with_instruction(prompt, sentence)
+    messages = chat_messages(prompt)
+    if placement == "user":
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if not users:
+            raise SteerError(f"The prompt has no user message to add the instruction to: {messages!r}.")
+        messages[users[-1]]["content"] = with_instruction(messages[users[-1]]["content"], sentence)
+    elif messages[0]["role"] == "system":
+        messages[0]["content"] = f"{messages[0]['content']} {sentence}"
+    else:
+        messages.insert(0, {"role": "system", "content": f"{system} {sentence}" if system else sentence})
+    return messages
+
+
+def steer_prompt(prompt: Prompt, steer: str | None, phrasing: str | None = None, *, placement: str = "user",
+                 system: str | None = None) -> Prompt:
+    """``prompt`` with the instruction for ``steer`` (``phrasing``, or :data:`DEFAULT_INSTRUCTION`) placed by
+    :func:`place_instruction`; ``steer=None`` returns ``prompt`` unchanged."""
+    steer, placement = check_steer(steer), check_placement(placement)
     if steer is None:
         return prompt
-    return with_instruction(prompt, phrasing or DEFAULT_INSTRUCTION[steer])
+    return place_instruction(prompt, phrasing or DEFAULT_INSTRUCTION[steer], placement=placement, system=system)
 
 
-def steer_prompts(prompts: Sequence[str], steer: str | None) -> list[str]:
-    return [steer_prompt(p, steer) for p in prompts]
+def steer_prompts(prompts: Sequence[Prompt], steer: str | None, *, placement: str = "user",
+                  system: str | None = None) -> list[Prompt]:
+    return [steer_prompt(p, steer, placement=placement, system=system) for p in prompts]

@@ -35,6 +35,13 @@ def test_tokenizer_files_encode_like_the_tokenizer_that_wrote_them():
     assert tokenizer.decode(EXPECTED["prompt_ids"][1]) == EXPECTED["prompts"][1]
 
 
+def test_tokenizer_without_a_chat_template_refuses_chat_messages():
+    tokenizer = ChatTokenizer(ASSET / "lm")  # the tiny export's tokenizer has no chat template
+    assert tokenizer.encode_chat(EXPECTED["prompts"][1]) == tokenizer.encode(EXPECTED["prompts"][1])
+    with pytest.raises(ValueError, match="no chat template, so a prompt must be plain text"):
+        tokenizer.encode_chat([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}])
+
+
 @pytest.mark.parametrize("use_io_binding", [False, True])
 def test_greedy_equals_torch_greedy(lm, heads, use_io_binding):
     lm = OnnxCausalLM(ASSET / "lm", use_io_binding=use_io_binding)

@@ -290,6 +290,91 @@ def test_learned_decoding_steer_uses_the_training_placement_and_refuses_unknown_
         LearnedDecoding("smollm2-135m-instruct", steer="LOW")
 
 
+def test_steer_prompt_places_the_instruction_in_the_user_or_the_system_message() -> None:
+    low = steering.DEFAULT_INSTRUCTION["low"]
+    assert steering.steer_prompt("Q", "low", placement="system", system="You are X") == [
+        {"role": "system", "content": f"You are X {low}"}, {"role": "user", "content": "Q"}]
+    assert steering.steer_prompt("Q", "low", placement="system") == [  # a template with no default system message
+        {"role": "system", "content": low}, {"role": "user", "content": "Q"}]
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Q"}]
+    placed = steering.steer_prompt(conversation, "high", placement="system", system="ignored: it has one")
+    assert placed[0] == {"role": "system", "content": f"Be brief. {steering.DEFAULT_INSTRUCTION['high']}"}
+    assert placed[1:] == conversation[1:]
+    placed = steering.steer_prompt(conversation, "high")  # user placement: the last user message
+    assert placed[:3] == conversation[:3] and placed[3]["content"] == steering.steer_prompt("Q", "high")
+    assert conversation[0]["content"] == "Be brief." and conversation[3]["content"] == "Q"  # the input is not changed
+    assert steering.steer_prompt(conversation, None, placement="system") is conversation
+    with pytest.raises(steering.SteerError, match="one of 'user', 'system', got 'assistant'"):
+        steering.steer_prompt("Q", "low", placement="assistant")
+    with pytest.raises(steering.SteerError, match="no user message"):
+        steering.steer_prompt([{"role": "system", "content": "S"}], "low")
+    with pytest.raises(ValueError, match="string 'role' and a string 'content'"):
+        steering.steer_prompt([{"role": "user"}], "low", placement="system")
+
+
+def test_template_system_message_is_found_by_rendering_with_and_without_one(tiny_lm, tiny_tokenizer) -> None:
+    import copy
+
+    from deco_middleware.hf.chat import chat_texts, template_system_message
+
+    _, tokenizer = tiny_lm
+    default = template_system_message(tokenizer)
+    assert default and default in chat_texts(tokenizer, ["Q"])[0][0]  # SmolLM2's own default system message
+    placed = steering.steer_prompt("Q", "low", placement="system", system=default)
+    assert chat_texts(tokenizer, [placed])[0][0] == chat_texts(tokenizer, ["Q"])[0][0].replace(
+        default, f"{default} {steering.DEFAULT_INSTRUCTION['low']}")  # the sentence is the only change
+    plain = copy.deepcopy(tiny_tokenizer)
+    plain.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    assert template_system_message(plain) is None
+    plain.chat_template = ("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not "
+                           "supported') }}{% endif %}{{ m.content }}{% endfor %}")
+    with pytest.raises(ValueError, match="refuses a system message.*System role not supported"):
+        template_system_message(plain)
+    with pytest.raises(ValueError, match="no chat template.*plain text"):
+        chat_texts(tiny_tokenizer, [placed])
+    with pytest.raises(ValueError, match="no chat template, so there is no system message"):
+        template_system_message(tiny_tokenizer)
+
+
+def test_learned_decoding_steer_placement_system_keeps_the_default_system_message(tiny_lm) -> None:
+    from deco_middleware.hf.processors import LearnedDecoding
+
+    _, tokenizer = tiny_lm
+    decoding = LearnedDecoding("smollm2-135m-instruct", steer="low", steer_placement="system")
+    text = tokenizer.decode(decoding.chat_inputs(tokenizer, ["Name a colour."])["input_ids"][0])
+    system = text.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
+    user_turn = text.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+    assert user_turn == "Name a colour."
+    assert system.endswith(" " + steering.DEFAULT_INSTRUCTION["low"]) and system.startswith("You are")
+    with pytest.raises(steering.SteerError, match="needs the tokenizer"):
+        decoding.steer_prompt("Name a colour.")
+    assert LearnedDecoding("smollm2-135m-instruct", steer_placement="system").steer_prompt("Q") == "Q"
+    with pytest.raises(steering.SteerError, match="got 'end'"):
+        LearnedDecoding("smollm2-135m-instruct", steer="low", steer_placement="end")
+
+
+def test_cache_tokenizes_a_conversation_prompt_like_every_generation_loop(tiny_lm) -> None:
+    from deco_middleware.hf.chat import chat_prompt_ids
+    from deco_middleware.training.cache import tokenize_record
+
+    _, tokenizer = tiny_lm
+    prompt = steering.steer_prompt("What is 2+3?", "high", placement="system", system="S")
+    prompt_ids, completion_ids = tokenize_record(tokenizer, {"prompt": prompt, "completion_ids": [5, 6]})
+    assert prompt_ids == chat_prompt_ids(tokenizer, [prompt])[0] and completion_ids == [5, 6]
+    assert tokenizer.decode(prompt_ids).startswith(f"<|im_start|>system\nS {steering.DEFAULT_INSTRUCTION['high']}")
+
+
+def test_torch_free_tokenizer_renders_a_conversation_like_transformers(tiny_lm) -> None:
+    from deco_middleware.default_model import ensure_default_model
+    from deco_middleware.hf.chat import chat_prompt_ids
+    from deco_middleware.ort import ChatTokenizer
+
+    _, tokenizer = tiny_lm
+    prompt = steering.steer_prompt("What is 2+3?", "low", placement="system", system="S")
+    assert ChatTokenizer(ensure_default_model()).encode_chat(prompt) == chat_prompt_ids(tokenizer, [prompt])[0]
+
+
 def test_add_steer_pairs_copies_completions_under_training_phrasings() -> None:
     records = [{"group": "a", "prompt": "p1", "completion": "c", "completion_ids": [1, 2], "reward": 1.0, "count": 1},
                {"group": "a", "prompt": "p1", "completion": "d", "completion_ids": [3], "reward": 0.0, "count": 1},
@@ -301,6 +386,13 @@ def test_add_steer_pairs_copies_completions_under_training_phrasings() -> None:
         base, instruction = c["prompt"].split("\n\n")
         assert base == records[c["pair"]]["prompt"] and instruction in steering.TRAIN_PHRASINGS[c["steer"]]
         assert c["completion_ids"] == records[c["pair"]]["completion_ids"] and "reward" not in c
+    placed = add_steer_pairs(records, per_group=1, seed=0, placement="system", system="You are X")
+    for c, user_placed in zip(placed[3:], copies):  # the same draws of phrasing, in the system message
+        sentence = user_placed["prompt"].split("\n\n")[1]
+        assert c["prompt"] == [{"role": "system", "content": f"You are X {sentence}"},
+                               {"role": "user", "content": records[c["pair"]]["prompt"]}]
+    with pytest.raises(steering.SteerError, match="got 'end'"):
+        add_steer_pairs(records, placement="end")
 
 
 def test_training_with_pairs_separates_low_and_high_mean_temperature() -> None:

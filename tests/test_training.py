@@ -258,6 +258,8 @@ def test_cache_is_written_atomically_and_refuses_data_without_completion_tokens(
         (['{"prompt": "a", "completion": 3}'], "line 1: `completion` must be a string, but it is a int"),
         (['["a", "b"]'], "line 1 must be a JSON object"),
         (['{"prompt": "a", "completion": "  "}'], "line 1: `completion` is empty"),
+        (['{"prompt": 3, "completion": "b"}'], "line 1: `prompt` must be a string .* or a list of .* it is a int"),
+        (['{"prompt": [{"role": "user"}], "completion": "b"}'], "line 1: `prompt` is a list, so it must be chat messages"),
     ],
 )
 def test_bad_jsonl_lines_are_named(tmp_path, lines, message):
@@ -265,6 +267,13 @@ def test_bad_jsonl_lines_are_named(tmp_path, lines, message):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(TrainingDataError, match=message):
         read_jsonl(path)
+
+
+def test_training_jsonl_prompt_may_be_chat_messages(tmp_path):
+    path = tmp_path / "data.jsonl"
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}]
+    path.write_text(json.dumps({"prompt": messages, "completion": "b"}) + "\n", encoding="utf-8")
+    assert read_jsonl(path)[0]["prompt"] == messages
 
 
 def test_training_jsonl_follows_the_shared_reader_rules(tmp_path):

@@ -135,6 +135,22 @@ def test_steer_unknown_phrasing_source_is_refused_before_the_model_loads(tmp_pat
     assert not (tmp_path / "s").exists()
 
 
+def test_rollouts_unknown_steer_placement_is_refused_before_any_draw(tmp_path):
+    result = CliRunner().invoke(app, ["train", "rollouts", "--out", str(tmp_path / "r.jsonl"), "--tasks", "products",
+                                      "--steer-pairs", "1", "--steer-placement", "end"])
+    assert result.exit_code == 2, result.output
+    assert "'end'" in result.output and "'user', 'system'" in result.output
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_steer_unknown_placement_is_refused_before_the_model_loads(tmp_path):
+    result = CliRunner().invoke(app, ["steer", "--task", "rg:products", "--out", str(tmp_path / "s"),
+                                      "--model", str(tmp_path / "no-model"), "--placement", "assistant"])
+    assert result.exit_code == 2, result.output
+    assert "'assistant'" in result.output and "'user', 'system'" in result.output and "no-model" not in result.output
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("stage", ["data", "cache", "fit", "rollouts", "outcome", "top-p"])
 def test_every_recorded_option_is_an_option_of_the_command(stage):
     """The recorded command must replay: `train_top_p` was written `--no-train-top-p`, the flag is `--no-top-p`."""

@@ -39,6 +39,9 @@ def rollouts_command(
                                                      "outcome fit's hold term.")] = False,
     steer_phrasings: Annotated[str, typer.Option(help="Training phrasings of the copies: 'hand' (steering.TRAIN_PHRASINGS) "
                                                      "or 'generated' (adds steering.generated_phrasings()).")] = "hand",
+    steer_placement: Annotated[str, typer.Option(help="Where the copies' instruction goes: user (the end of the user "
+                                                     "message) or system (the end of the chat template's system "
+                                                     "message; LearnedDecoding(steer_placement=...)).")] = "user",
     heads: Annotated[Optional[str], typer.Option(help="On-policy draws: heads (shipped name or folder) that also "
                                                      "sample every prompt, at each --head-scales value.")] = None,
     head_scales: Annotated[Optional[str], typer.Option(help="Comma-separated autodeco@S scales for --heads, e.g. 0.5,1.")] = None,
@@ -47,12 +50,13 @@ def rollouts_command(
     """Sample every prompt at every temperature (and with --heads, by the heads themselves) and keep every
     draw, graded, with its behaviour policy."""
     command = _command_line("rollouts", dict(locals()))  # before any import adds names to locals()
-    from ..steering import NEUTRAL_PHRASINGS, training_phrasings
+    from ..steering import NEUTRAL_PHRASINGS, check_placement, training_phrasings
     from ..training.data import read_jsonl, write_jsonl
     from ..training.rollouts import ROLLOUT_TASKS, RolloutConfig, add_steer_pairs, generate_rollouts
 
     try:
         phrasings = training_phrasings(steer_phrasings)  # refused before any draw
+        check_placement(steer_placement)
         counts = {k: int(v) for k, v in (p.split("=") for p in prompts_for.split(","))} if prompts_for else None
         config = RolloutConfig(tasks=tuple(t.strip() for t in tasks.split(",")) if tasks else tuple(ROLLOUT_TASKS),
                                prompts_per_task=prompts_per_task, prompts_for=counts,
@@ -63,11 +67,16 @@ def rollouts_command(
         loaded_model, tokenizer = _load(model, "float32", threads)
         summary = generate_rollouts(loaded_model, tokenizer, config, out, log=lambda m: console.print(m))
         if steer_pairs:
+            from ..hf.chat import template_system_message
+
+            system = template_system_message(tokenizer) if steer_placement == "system" else None
             records = add_steer_pairs(read_jsonl(out), per_group=steer_pairs, seed=seed, phrasings=phrasings,
-                                      neutral=NEUTRAL_PHRASINGS if steer_neutral else None)
+                                      neutral=NEUTRAL_PHRASINGS if steer_neutral else None, placement=steer_placement,
+                                      system=system)
             write_jsonl(records, out)
             summary["steer_copies"] = sum(1 for r in records if r.get("steer"))
             summary["steer_phrasings"] = steer_phrasings
+            summary["steer_placement"] = steer_placement
     except (DecoError, ValueError) as error:
         _fail(str(error))
     summary["command"] = command
@@ -193,6 +202,9 @@ def steer_command(
     phrasings: Annotated[str, typer.Option(
         help="held-out: steering.EVAL_PHRASINGS, never trained on (the benchmark); api: the one sentence "
              "LearnedDecoding(steer=...) inserts.")] = "held-out",
+    placement: Annotated[str, typer.Option(
+        help="Where the instruction goes: user (the end of the user message, where training puts it) or system "
+             "(the end of the chat template's system message).")] = "user",
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """The steering report: mean T / P with a held-out 'low' / 'high' instruction and with none."""
@@ -200,15 +212,18 @@ def steer_command(
     from ..evaluation.steer import run_steer, steer_markdown, steer_phrasings, write_steer_outputs
     from ..evaluation.tasks import load_task
     from ..heads.artifact import DecodingHeads
+    from ..steering import check_placement
 
     started = time.perf_counter()
     try:
         sentences = steer_phrasings(phrasings)  # a bad value fails before the model loads
+        check_placement(placement)
         tasks = [load_task(spec, limit=limit) for spec in task]
         decoding_heads = DecodingHeads.from_pretrained(heads)
         loaded_model, tokenizer = load_model(model)
         report = run_steer(loaded_model, tokenizer, decoding_heads, tasks, samples=samples,
-                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, phrasings=sentences)
+                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, phrasings=sentences,
+                           placement=placement)
     except (DecoError, ValueError) as error:
         _fail(str(error))
     report["settings"].update(heads=heads, limit=limit, phrasings=phrasings, wall_seconds=round(time.perf_counter() - started, 1))

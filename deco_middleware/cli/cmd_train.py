@@ -152,7 +152,8 @@ def _select_sources(records: list[dict[str, Any]], sources: Optional[str],
         for record in records:
             source = str(record.get("source"))
             cap = caps.get(source, caps.get("*"))
-            key = (record["prompt"], source)
+            prompt = record["prompt"]  # a user message, or chat messages (a system-placed steering copy)
+            key = (prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True), source)
             seen[key] = seen.get(key, 0) + 1
             if cap is None or seen[key] <= cap:
                 kept.append(record)

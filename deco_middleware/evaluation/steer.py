@@ -2,7 +2,8 @@
 
 Every problem is sampled three times with the heads: with no instruction, with a "low" and with a
 "high" instruction from the *held-out* phrasings (:data:`deco_middleware.steering.EVAL_PHRASINGS`,
-never seen in training), inserted where training puts it (:func:`~deco_middleware.steering.steer_prompt`).
+never seen in training), inserted where training puts it (:func:`~deco_middleware.steering.steer_prompt`; ``placement="system"``: in
+the system message instead).
 Problem ``i`` gets phrasing ``i mod n`` of each direction, so every phrasing is measured.
 (``phrasings=steer_phrasings("api")``: the one training sentence ``LearnedDecoding(steer=...)`` inserts.)
 
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import atomic_write_bytes
-from ..steering import DEFAULT_INSTRUCTION, EVAL_PHRASINGS, steer_prompt
+from ..steering import DEFAULT_INSTRUCTION, EVAL_PHRASINGS, check_placement, steer_prompt
 from .extraction import candidate_answer
 from .metrics import mean_and_stderr
 from .tasks import Task
@@ -109,19 +110,23 @@ def forced_temperatures(model: Any, tokenizer: Any, heads: Any, prompt: str, com
 
 def run_steer(model: Any, tokenizer: Any, heads: Any, tasks: Sequence[Task], *, samples: int = 4,
               max_new_tokens: int = 32, seed: int = 7, batch_size: int = 192,
-              phrasings: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
-    """Sample every problem of ``tasks`` under each condition with the heads; the report (JSON-able)."""
+              phrasings: dict[str, Sequence[str]] | None = None, placement: str = "user") -> dict[str, Any]:
+    """Sample every problem of ``tasks`` under each condition with the heads; the report (JSON-able).
+    ``placement``: where the instruction goes (:func:`~deco_middleware.steering.steer_prompt`)."""
     from ..engine import Learned, iter_sample
+    from ..hf.chat import template_system_message
     from .runner import sample_seed
 
     phrasings = phrasings or EVAL_PHRASINGS
+    system = template_system_message(tokenizer) if check_placement(placement) == "system" else None
     rows: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
         prompts, meta = [], []
         for i, problem in enumerate(task.problems):
             for condition in CONDITIONS:
                 phrasing = None if condition == "none" else phrasings[condition][i % len(phrasings[condition])]
-                prompts.append(steer_prompt(problem.prompt, None if condition == "none" else condition, phrasing))
+                prompts.append(steer_prompt(problem.prompt, None if condition == "none" else condition, phrasing,
+                                            placement=placement, system=system))
                 meta.append((i, condition, phrasing))
         # The same sample seeds for the three conditions of a problem: differences come from the prompt.
         seeds = [[sample_seed(seed, task.spec, task.problems[i].id, k) for k in range(samples)] for i, _, _ in meta]
@@ -143,7 +148,7 @@ def run_steer(model: Any, tokenizer: Any, heads: Any, tasks: Sequence[Task], *, 
                           if not math.isnan(t)]
                 row["T_fixed"] = math.fsum(forced) / len(forced) if forced else float("nan")
         rows[task.spec] = [per_problem[i] for i in sorted(per_problem)]
-    return summarize_steer(rows, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
+    return summarize_steer(rows, samples=samples, max_new_tokens=max_new_tokens, seed=seed, placement=placement)
 
 
 def _summary(problems: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import HiddenStateUnavailableError, NonFiniteHiddenStateWarning, StackedWarpersWarning, UnsupportedGenerationModeError
+from ..errors import (
+    HiddenStateUnavailableError,
+    NonFiniteHiddenStateWarning,
+    StackedWarpersWarning,
+    SteerError,
+    UnsupportedGenerationModeError,
+)
 from ..heads.artifact import DecodingHeads
 from ..sampling import (
     NO_TOKEN,
@@ -29,6 +35,7 @@ from ..sampling import (
     nucleus_step,
 )
 from ..trace import DecodingTrace, TraceStep
+from .chat import Prompt, chat_inputs, template_system_message
 from .identity import model_identity
 from .tap import HiddenStateTap
 
@@ -581,8 +588,11 @@ class LearnedDecoding(PredictorDecoding):
         check_model: refuse models whose sizes or LM-head fingerprint differ from the manifest.
         seed: seeds every row's token draw (row ``i`` uses ``row_seeds(seed, 1, i)``, like the
             engine and the ONNX Runtime loop); ``None`` takes one from torch's global generator.
-        steer: ``"low"`` / ``"high"`` adds the trained decoding instruction to user messages passed
+        steer: ``"low"`` / ``"high"`` adds the trained decoding instruction to prompts passed
             through :meth:`chat_inputs` / :meth:`steer_prompt` (``None``: prompts unchanged).
+        steer_placement: ``"user"`` (the end of the user message, where training puts it) or
+            ``"system"`` (the end of the system message; the chat template's default one when the
+            prompt has none). See :func:`deco_middleware.steering.steer_prompt`.
 
     The pair draws each token itself, so ``generate()``'s ``do_sample``, ``temperature``,
     ``top_k`` and ``top_p`` do not change the tokens; greedy decoding is ``temperature_scale=0``.
@@ -602,11 +612,13 @@ class LearnedDecoding(PredictorDecoding):
         check_model: bool = True,
         seed: int | None = None,
         steer: str | None = None,
+        steer_placement: str = "user",
         **settings_kwargs: Any,
     ) -> None:
-        from ..steering import check_steer
+        from ..steering import check_placement, check_steer
 
         self.steer = check_steer(steer)  # "low" | "high" | None: see steer_prompt / chat_inputs
+        self.steer_placement = check_placement(steer_placement)
         if settings is not None and settings_kwargs:
             raise ValueError(f"Pass either `settings` or keyword settings, not both (got {sorted(settings_kwargs)}).")
         loaded = heads if isinstance(heads, DecodingHeads) else DecodingHeads.from_pretrained(heads)
@@ -614,17 +626,26 @@ class LearnedDecoding(PredictorDecoding):
         super().__init__(LearnedPredictor(loaded, settings), record_trace=record_trace, seed=seed)
         self.check_model = check_model
 
-    def steer_prompt(self, prompt: str) -> str:
-        """``prompt`` with the trained instruction for ``steer`` where training put it (deco_middleware.steering)."""
+    def steer_prompt(self, prompt: Prompt, tokenizer: Any = None) -> Prompt:
+        """``prompt`` (a user message or chat messages) with the instruction for ``steer``, placed as
+        ``steer_placement`` says (deco_middleware.steering.steer_prompt). The system placement needs the
+        ``tokenizer`` (its chat template's default system message is kept)."""
         from ..steering import steer_prompt
 
-        return steer_prompt(prompt, self.steer)
+        system = None
+        if self.steer is not None and self.steer_placement == "system":
+            if tokenizer is None:
+                raise SteerError("steer_placement='system' needs the tokenizer to keep its chat template's default "
+                                 "system message: call decoding.steer_prompt(prompt, tokenizer).")
+            try:
+                system = template_system_message(tokenizer)
+            except ValueError as error:
+                raise SteerError(f"{error} Use steer_placement='user'.") from error
+        return steer_prompt(prompt, self.steer, placement=self.steer_placement, system=system)
 
-    def chat_inputs(self, tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
-        """Tokenized user messages through the chat template, each carrying the ``steer`` instruction."""
-        from .chat import chat_inputs
-
-        return chat_inputs(tokenizer, [self.steer_prompt(p) for p in prompts])
+    def chat_inputs(self, tokenizer: Any, prompts: Sequence[Prompt]) -> dict[str, Any]:
+        """Tokenized prompts through the chat template, each carrying the ``steer`` instruction."""
+        return chat_inputs(tokenizer, [self.steer_prompt(p, tokenizer) for p in prompts])
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import require
+from ..messages import Prompt, chat_messages
 
 
 class ChatTokenizer:
@@ -77,9 +78,13 @@ class ChatTokenizer:
             messages=messages, add_generation_prompt=add_generation_prompt, **special
         )
 
-    def encode_chat(self, prompt: str) -> list[int]:
-        """Token ids of one user message through the chat template (plain encoding when there is none)."""
+    def encode_chat(self, prompt: Prompt) -> list[int]:
+        """Token ids of one prompt (a user message, or a list of chat messages) through the chat template
+        (plain encoding of a user message when there is none)."""
         if not self.chat_template:
+            if not isinstance(prompt, str):
+                raise ValueError(f"The tokenizer in {self.directory} has no chat template, so a prompt must be "
+                                 f"plain text; got the messages {prompt!r}.")
             return self.encode(prompt)
-        text = self.apply_chat_template([{"role": "user", "content": prompt}])
+        text = self.apply_chat_template(chat_messages(prompt))
         return self.encode(text, add_special_tokens=False)

@@ -45,13 +45,9 @@ RECORD_INFO_KEYS = ("task", "group", "reward", "temperature", "top_p", "count", 
 
 def tokenize_record(tokenizer: Any, record: dict[str, Any]) -> tuple[list[int], list[int]]:
     """(prompt ids with the chat template applied, completion ids ending with the end-of-turn token)."""
-    prompt = record["prompt"]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
-        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
+    from ..hf.chat import chat_prompt_ids
+
+    prompt_ids = chat_prompt_ids(tokenizer, [record["prompt"]])[0]  # a user message or a list of chat messages
     if record.get("completion_ids"):
         # Rollouts store the sampled ids (end-of-turn included when drawn): re-tokenizing the text
         # can split it differently, and the behaviour log-probabilities must be of the drawn tokens.

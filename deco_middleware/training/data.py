@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from ..errors import TrainingDataError
 from ..jsonl import iter_jsonl
+from ..messages import chat_messages
 from ..manifest import atomic_write_bytes
 from ..progress import ProgressBar, ProgressCallback
 from ..evaluation.tasks import Problem, reasoning_gym_problems
@@ -272,11 +273,20 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         where = f"{path}, line {number}"
         if not isinstance(record, dict):
             raise TrainingDataError(f"{where} must be a JSON object, got {type(record).__name__}.")
-        for key in ("prompt", "completion"):
-            value = record.get(key)
-            if not isinstance(value, str):
-                got = "missing" if value is None else f"a {type(value).__name__}"
-                raise TrainingDataError(f"{where}: `{key}` must be a string, but it is {got}.")
+        value = record.get("completion")
+        if not isinstance(value, str):
+            got = "missing" if value is None else f"a {type(value).__name__}"
+            raise TrainingDataError(f"{where}: `completion` must be a string, but it is {got}.")
+        value = record.get("prompt")
+        if isinstance(value, list):  # chat messages (e.g. a system-placed steering copy)
+            try:
+                chat_messages(value)
+            except ValueError as error:
+                raise TrainingDataError(f"{where}: `prompt` is a list, so it must be chat messages: {error}") from error
+        elif not isinstance(value, str):
+            got = "missing" if value is None else f"a {type(value).__name__}"
+            raise TrainingDataError(f"{where}: `prompt` must be a string (the user message) or a list of "
+                                    f"{{\"role\", \"content\"}} messages, but it is {got}.")
         if not record["completion"].strip():
             raise TrainingDataError(f"{where}: `completion` is empty; drop the line or give a completion.")
         records.append(record)

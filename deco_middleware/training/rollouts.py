@@ -250,7 +250,8 @@ def rollout_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, seed: int = 0,
                     phrasings: dict[str, Sequence[str]] | None = None,
-                    neutral: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                    neutral: Sequence[str] | None = None, placement: str = "user",
+                    system: str | None = None) -> list[dict[str, Any]]:
     """``records`` followed by a "low" and a "high" copy of up to ``per_group`` records per prompt group.
 
     A copy has the same completion (ids included) under the prompt with a *training* phrasing of
@@ -259,12 +260,15 @@ def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, se
     record in the returned list. Copies carry no reward: the policy-gradient groups use neutral
     records only, and the ranking loss compares the heads on the three versions of one completion.
     With ``neutral`` phrasings (e.g. :data:`deco_middleware.steering.NEUTRAL_PHRASINGS`) each such
-    record also gets a copy under one of them (``steer="neutral"``), for the hold term.
+    record also gets a copy under one of them (``steer="neutral"``), for the hold term. ``placement`` /
+    ``system``: where the sentence goes (:func:`deco_middleware.steering.place_instruction`; a system-placed
+    copy's prompt is a list of chat messages).
     """
     import random
 
-    from ..steering import TRAIN_PHRASINGS, with_instruction
+    from ..steering import TRAIN_PHRASINGS, check_placement, place_instruction
 
+    check_placement(placement)
     phrasings = phrasings or TRAIN_PHRASINGS
     choices = [("low", phrasings["low"]), ("high", phrasings["high"])] + ([("neutral", neutral)] if neutral else [])
     rng = random.Random(seed)
@@ -277,8 +281,8 @@ def add_steer_pairs(records: Sequence[dict[str, Any]], *, per_group: int = 1, se
         taken[group] = taken.get(group, 0) + 1
         for direction, options in choices:
             copy = {k: v for k, v in record.items() if k not in ("reward", "count")}
-            copy.update(prompt=with_instruction(record["prompt"], rng.choice(list(options))), steer=direction,
-                        pair=index, source="steer")
+            copy.update(prompt=place_instruction(record["prompt"], rng.choice(list(options)), placement=placement,
+                                                 system=system), steer=direction, pair=index, source="steer")
             out.append(copy)
     return out
 

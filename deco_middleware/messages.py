@@ -1,0 +1,33 @@
+"""Prompts as chat messages (torch-free: shared by the HF path, the ONNX Runtime loop and steering).
+
+A prompt is either a user message (a string) or a whole conversation: a list of ``{"role": ...,
+"content": ...}`` messages, e.g. a system message and a user message (what a system-placed steering
+instruction makes, :func:`deco_middleware.steering.steer_prompt`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Union
+
+Prompt = Union[str, Sequence[Mapping[str, str]]]
+
+
+def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """``prompt`` as chat messages: a string is one user message; a list of messages is checked and copied."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        messages = []
+        for i, message in enumerate(prompt):
+            role, content = message.get("role"), message.get("content")
+            if not isinstance(role, str) or not isinstance(content, str):
+                raise ValueError(f"Message {i} of the prompt is {dict(message)!r}: every message needs a string "
+                                 "'role' and a string 'content', e.g. {'role': 'user', 'content': 'Hi'}.")
+            messages.append({"role": role, "content": content})
+        return messages
+    raise ValueError(f"A prompt is a string (the user message) or a non-empty list of {{'role', 'content'}} "
+                     f"messages, got {prompt!r}.")
+
+
+__all__ = ["Prompt", "chat_messages"]

@@ -4,11 +4,13 @@ The heads read the LM's hidden state, and the hidden state reads the prompt, so 
 "Answer with low randomness." can move the predicted temperature once the heads are trained on
 pairs of the same prompt with a "low" and a "high" instruction (training/outcome.py, ranking loss).
 
-Where the instruction sits: at the end of the *user turn*, after a blank line
-(``f"{prompt}\\n\\n{instruction}"``). The user turn is the one place every backend passes through
-unchanged (HF pipelines, the ORT loop, vLLM, genai all take user text), and it needs no system
-prompt, which chat templates treat differently. ``LearnedDecoding(..., steer="low")`` and
-``deco steer`` insert it exactly there.
+Where the instruction sits (:func:`place_instruction`): by default at the end of the *user turn*, after a
+blank line (``f"{prompt}\\n\\n{instruction}"``), where training has put it so far: every backend passes
+user text through unchanged. ``placement="system"`` appends it to the system message instead (the chat
+template's own default one when the prompt has none), which costs the default model less accuracy
+(``benchmarks/steer_placement.py``, docs/training.md). ``LearnedDecoding(..., steer="low",
+steer_placement=...)``, ``deco steer --placement`` and ``deco train rollouts --steer-placement`` all place
+it through :func:`place_instruction`.
 
 Two disjoint phrasing sets: :data:`TRAIN_PHRASINGS` are the only ones training sees;
 :data:`EVAL_PHRASINGS` (paraphrases, other word orders, French and German) measure whether the

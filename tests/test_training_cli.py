@@ -118,36 +118,24 @@ def test_rollouts_heads_without_scales_is_refused_with_the_fix(tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def test_rollouts_unknown_phrasing_set_is_refused_before_any_draw(tmp_path):
+@pytest.mark.parametrize(("option", "value", "named"), [("--steer-phrasings", "many", "generated"),
+                                                     ("--steer-placement", "end", "'user', 'system'")])
+def test_rollouts_bad_steering_option_is_refused_before_any_draw(tmp_path, option, value, named):
     result = CliRunner().invoke(app, ["train", "rollouts", "--out", str(tmp_path / "r.jsonl"), "--tasks", "products",
-                                      "--steer-pairs", "1", "--steer-phrasings", "many"])
+                                      "--steer-pairs", "1", option, value])
     assert result.exit_code == 2, result.output
-    assert "'many'" in result.output and "generated" in result.output
+    assert f"'{value}'" in result.output and named in result.output
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def test_steer_unknown_phrasing_source_is_refused_before_the_model_loads(tmp_path):
-    # A model folder that does not exist: had the phrasings been checked after loading, this would be the error.
+@pytest.mark.parametrize(("option", "value", "named"), [("--phrasings", "train", "held-out, api"),
+                                                     ("--placement", "assistant", "'user', 'system'")])
+def test_steer_bad_option_is_refused_before_the_model_loads(tmp_path, option, value, named):
+    # A model folder that does not exist: had the option been checked after loading, this would be the error.
     result = CliRunner().invoke(app, ["steer", "--task", "rg:products", "--out", str(tmp_path / "s"),
-                                      "--model", str(tmp_path / "no-model"), "--phrasings", "train"])
+                                      "--model", str(tmp_path / "no-model"), option, value])
     assert result.exit_code == 2, result.output
-    assert "'train'" in result.output and "held-out, api" in result.output and "no-model" not in result.output
-    assert not (tmp_path / "s").exists()
-
-
-def test_rollouts_unknown_steer_placement_is_refused_before_any_draw(tmp_path):
-    result = CliRunner().invoke(app, ["train", "rollouts", "--out", str(tmp_path / "r.jsonl"), "--tasks", "products",
-                                      "--steer-pairs", "1", "--steer-placement", "end"])
-    assert result.exit_code == 2, result.output
-    assert "'end'" in result.output and "'user', 'system'" in result.output
-    assert not (tmp_path / "r.jsonl").exists()
-
-
-def test_steer_unknown_placement_is_refused_before_the_model_loads(tmp_path):
-    result = CliRunner().invoke(app, ["steer", "--task", "rg:products", "--out", str(tmp_path / "s"),
-                                      "--model", str(tmp_path / "no-model"), "--placement", "assistant"])
-    assert result.exit_code == 2, result.output
-    assert "'assistant'" in result.output and "'user', 'system'" in result.output and "no-model" not in result.output
+    assert f"'{value}'" in result.output and named in result.output and "no-model" not in result.output
     assert not (tmp_path / "s").exists()
 
 

@@ -17,6 +17,9 @@ held-out steering.EVAL_PHRASINGS over 20 other prompts (reasoning-gym products a
 seed 777: neither an evaluation nor a dev seed). Prints JSON (accuracy per set, read-out and L2
 strength, and per held-out phrasing) on stdout; progress on stderr.
 
+``--placement system`` puts every instruction in the chat template's system message instead of the
+user turn (:func:`deco_middleware.steering.place_instruction`, docs/training.md "Sixth session").
+
     PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/steer_probe.py > probe.json   # ~10 min on 2 cores
 """
 
@@ -31,13 +34,15 @@ import reasoning_gym
 import torch
 
 from deco_middleware.default_model import load_model
-from deco_middleware.steering import EVAL_PHRASINGS, TRAIN_PHRASINGS, generated_phrasings, with_instruction
+from deco_middleware.hf.chat import chat_texts, template_system_message
+from deco_middleware.steering import EVAL_PHRASINGS, PLACEMENTS, TRAIN_PHRASINGS, generated_phrasings, place_instruction
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget", type=int, default=150, help="training draws per direction and set")
     parser.add_argument("--completion-tokens", type=int, default=12)
+    parser.add_argument("--placement", choices=PLACEMENTS, default="user", help="where the instruction goes")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load_model("default")
@@ -48,9 +53,12 @@ def main() -> None:
         questions += [dataset[i]["question"] for i in range(20)]
     train_q, test_q = questions[0::2], questions[1::2]
 
-    def chat(text: str) -> str:
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+    system = template_system_message(tokenizer) if args.placement == "system" else None
+
+    def chat(question: str, phrasing: str | None = None) -> str:
+        prompt = question if phrasing is None else place_instruction(question, phrasing, placement=args.placement,
+                                                                     system=system)
+        return chat_texts(tokenizer, [prompt])[0][0]
 
     @torch.no_grad()
     def completion(question: str) -> list[int]:
@@ -60,7 +68,7 @@ def main() -> None:
 
     @torch.no_grad()
     def features(question: str, phrasing: str, tokens: list[int]) -> dict[str, torch.Tensor]:
-        text = chat(with_instruction(question, phrasing))
+        text = chat(question, phrasing)
         encoded = tokenizer(text, return_offsets_mapping=True)
         prompt_ids, offsets = encoded.input_ids, encoded.offset_mapping
         start = text.rfind(phrasing)
@@ -128,6 +136,7 @@ def main() -> None:
                                "held_out_accuracy": round(hits.mean().item(), 3),
                                "per_held_out_phrasing": {p: round(sum(v) / len(v), 2) for p, v in per.items()}}
                 print(key, result[key]["train_accuracy"], result[key]["held_out_accuracy"], file=sys.stderr)
+    result["placement"] = args.placement
     json.dump(result, sys.stdout, indent=1, ensure_ascii=False)
     print()
 

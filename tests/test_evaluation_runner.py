@@ -358,6 +358,24 @@ def test_cli_batch_size_default_is_the_runner_default():
     assert inspect.signature(evaluate).parameters["batch_size"].default == DEFAULT_BATCH_SIZE == 256
 
 
+def test_steer_report_places_the_instruction_where_asked(tiny_model, tiny_tokenizer, tiny_heads, task_file):
+    """``placement="system"`` reaches the model: the same completions read under the instruction in the
+    system message give other temperatures than under the user-turn one; the neutral rows are the same."""
+    import copy
+
+    from deco_middleware.evaluation.steer import run_steer
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}{% if add_generation_prompt %}w0{% endif %}"
+    task = load_task(str(task_file))
+    reports = {placement: run_steer(tiny_model, tokenizer, tiny_heads, [task], samples=2, max_new_tokens=4, seed=3,
+                                    batch_size=4, placement=placement) for placement in ("user", "system")}
+    assert reports["system"]["settings"]["placement"] == "system"
+    user, system = reports["user"]["overall"], reports["system"]["overall"]
+    assert system["none"] == user["none"]
+    assert system["dT_fixed_low"] != user["dT_fixed_low"] and system["dT_fixed_high"] != user["dT_fixed_high"]
+
+
 def test_steer_report_teacher_forces_the_neutral_completions_under_every_prompt(tiny_model, tiny_tokenizer, tiny_heads,
                                                                                  task_file):
     """The neutral completions forced under the neutral prompt give back the T applied while generating them

@@ -14,7 +14,8 @@ Prompt = Union[str, Sequence[Mapping[str, str]]]
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
-    """``prompt`` as chat messages: a string is one user message; a list of messages is checked and copied."""
+    """``prompt`` as chat messages: a string is one user message; a list of messages is checked (each needs a
+    string ``role`` and ``content``) and copied, message by message, with all its keys."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
@@ -24,7 +25,7 @@ def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
             if not isinstance(role, str) or not isinstance(content, str):
                 raise ValueError(f"Message {i} of the prompt is {dict(message)!r}: every message needs a string "
                                  "'role' and a string 'content', e.g. {'role': 'user', 'content': 'Hi'}.")
-            messages.append({"role": role, "content": content})
+            messages.append(dict(message))  # every key kept (e.g. "name"), as a copy
         return messages
     raise ValueError(f"A prompt is a string (the user message) or a non-empty list of {{'role', 'content'}} "
                      f"messages, got {prompt!r}.")

@@ -311,6 +311,12 @@ def test_steer_prompt_places_the_instruction_in_the_user_or_the_system_message()
         steering.steer_prompt([{"role": "system", "content": "S"}], "low")
     with pytest.raises(ValueError, match="string 'role' and a string 'content'"):
         steering.steer_prompt([{"role": "user"}], "low", placement="system")
+    named = [{"role": "user", "content": "Q", "name": "ann"}]
+    assert steering.steer_prompt(named, "low")[0] == {"role": "user", "content": steering.steer_prompt("Q", "low"),
+                                                       "name": "ann"}
+    assert named[0]["content"] == "Q"
+    with pytest.raises(ValueError, match="a string .* or a non-empty list"):
+        steering.steer_prompt({"role": "user", "content": "Q"}, "low", placement="system")
 
 
 def test_template_system_message_is_found_by_rendering_with_and_without_one(tiny_lm, tiny_tokenizer) -> None:

@@ -34,8 +34,8 @@ import reasoning_gym
 import torch
 
 from deco_middleware.default_model import load_model
-from deco_middleware.hf.chat import chat_texts, template_system_message
-from deco_middleware.steering import EVAL_PHRASINGS, PLACEMENTS, TRAIN_PHRASINGS, generated_phrasings, place_instruction
+from deco_middleware.hf.chat import chat_texts
+from deco_middleware.steering import EVAL_PHRASINGS, PLACEMENTS, TRAIN_PHRASINGS, generated_phrasings, place_instruction, placement_system
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
         questions += [dataset[i]["question"] for i in range(20)]
     train_q, test_q = questions[0::2], questions[1::2]
 
-    system = template_system_message(tokenizer) if args.placement == "system" else None
+    system = placement_system(args.placement, tokenizer)
 
     def chat(question: str, phrasing: str | None = None) -> str:
         prompt = question if phrasing is None else place_instruction(question, phrasing, placement=args.placement,

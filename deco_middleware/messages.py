@@ -31,4 +31,12 @@ def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
                      f"messages, got {prompt!r}.")
 
 
-__all__ = ["Prompt", "chat_messages"]
+def plain_text(prompt: Prompt, tokenizer_name: str = "This tokenizer") -> str:
+    """``prompt`` itself when it is a string: what a tokenizer without a chat template can encode."""
+    if isinstance(prompt, str):
+        return prompt
+    raise ValueError(f"{tokenizer_name} has no chat template, so a prompt must be plain text; got the messages "
+                     f"{prompt!r}. Pass the user message as a string, or use a tokenizer with a chat template.")
+
+
+__all__ = ["Prompt", "chat_messages", "plain_text"]

@@ -20,7 +20,7 @@ heads learned the meaning rather than the exact words.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import SteerError
 
@@ -194,6 +194,20 @@ def check_placement(placement: str) -> str:
         return placement
     raise SteerError(f"The instruction placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {placement!r}: "
                      "'user' appends it to the user message (where training puts it), 'system' to the system message.")
+
+
+def placement_system(placement: str, tokenizer: Any) -> str | None:
+    """The ``system`` argument of :func:`place_instruction` for ``placement`` with ``tokenizer``: the chat
+    template's default system message (:func:`deco_middleware.hf.chat.template_system_message`) for
+    ``"system"``, ``None`` for ``"user"``. A template with no usable system message is a :class:`SteerError`."""
+    if check_placement(placement) == "user":
+        return None
+    from .hf.chat import template_system_message
+
+    try:
+        return template_system_message(tokenizer)
+    except ValueError as error:
+        raise SteerError(f"{error} Place the instruction in the user turn instead (placement 'user').") from error
 
 
 def with_instruction(prompt: str, sentence: str) -> str:

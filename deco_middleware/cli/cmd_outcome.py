@@ -50,7 +50,7 @@ def rollouts_command(
     """Sample every prompt at every temperature (and with --heads, by the heads themselves) and keep every
     draw, graded, with its behaviour policy."""
     command = _command_line("rollouts", dict(locals()))  # before any import adds names to locals()
-    from ..steering import NEUTRAL_PHRASINGS, check_placement, training_phrasings
+    from ..steering import NEUTRAL_PHRASINGS, check_placement, placement_system, training_phrasings
     from ..training.data import read_jsonl, write_jsonl
     from ..training.rollouts import ROLLOUT_TASKS, RolloutConfig, add_steer_pairs, generate_rollouts
 
@@ -67,12 +67,9 @@ def rollouts_command(
         loaded_model, tokenizer = _load(model, "float32", threads)
         summary = generate_rollouts(loaded_model, tokenizer, config, out, log=lambda m: console.print(m))
         if steer_pairs:
-            from ..hf.chat import template_system_message
-
-            system = template_system_message(tokenizer) if steer_placement == "system" else None
             records = add_steer_pairs(read_jsonl(out), per_group=steer_pairs, seed=seed, phrasings=phrasings,
                                       neutral=NEUTRAL_PHRASINGS if steer_neutral else None, placement=steer_placement,
-                                      system=system)
+                                      system=placement_system(steer_placement, tokenizer))
             write_jsonl(records, out)
             summary["steer_copies"] = sum(1 for r in records if r.get("steer"))
             summary["steer_phrasings"] = steer_phrasings

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from ..manifest import atomic_write_bytes
-from ..steering import DEFAULT_INSTRUCTION, EVAL_PHRASINGS, check_placement, steer_prompt
+from ..messages import Prompt
+from ..steering import DEFAULT_INSTRUCTION, EVAL_PHRASINGS, placement_system, steer_prompt
 from .extraction import candidate_answer
 from .metrics import mean_and_stderr
 from .tasks import Task
@@ -83,7 +84,7 @@ def _problem_row(completions: Sequence[Any], grade: Any, reference: str) -> dict
             "maj@k": float(majority_correct(texts, scores, reference)), "distinct-2": distinct_n(texts, 2)}
 
 
-def forced_temperatures(model: Any, tokenizer: Any, heads: Any, prompt: str, completions: Sequence[Sequence[int]]
+def forced_temperatures(model: Any, tokenizer: Any, heads: Any, prompt: Prompt, completions: Sequence[Sequence[int]]
                         ) -> list[float]:
     """The mean applied temperature of the heads (default settings) over each completion's tokens,
     teacher-forced after ``prompt`` (chat template applied): what generation would have applied had it
@@ -114,11 +115,10 @@ def run_steer(model: Any, tokenizer: Any, heads: Any, tasks: Sequence[Task], *, 
     """Sample every problem of ``tasks`` under each condition with the heads; the report (JSON-able).
     ``placement``: where the instruction goes (:func:`~deco_middleware.steering.steer_prompt`)."""
     from ..engine import Learned, iter_sample
-    from ..hf.chat import template_system_message
     from .runner import sample_seed
 
     phrasings = phrasings or EVAL_PHRASINGS
-    system = template_system_message(tokenizer) if check_placement(placement) == "system" else None
+    system = placement_system(placement, tokenizer)
     rows: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
         prompts, meta = [], []

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..messages import Prompt, chat_messages
+from ..messages import Prompt, chat_messages, plain_text
 
 
 def chat_texts(tokenizer: Any, prompts: Sequence[Prompt]) -> tuple[list[str], bool]:
@@ -18,11 +18,7 @@ def chat_texts(tokenizer: Any, prompts: Sequence[Prompt]) -> tuple[list[str], bo
         texts = [tokenizer.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False)
                  for p in prompts]
         return texts, True
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise ValueError("This tokenizer has no chat template, so a prompt must be plain text; got the messages "
-                             f"{prompt!r}. Pass the user message as a string, or use a tokenizer with a chat template.")
-    return list(prompts), False  # type: ignore[arg-type]
+    return [plain_text(p) for p in prompts], False
 
 
 def template_system_message(tokenizer: Any) -> str | None:

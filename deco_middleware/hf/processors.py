@@ -35,7 +35,7 @@ from ..sampling import (
     nucleus_step,
 )
 from ..trace import DecodingTrace, TraceStep
-from .chat import Prompt, chat_inputs, template_system_message
+from .chat import Prompt, chat_inputs
 from .identity import model_identity
 from .tap import HiddenStateTap
 
@@ -630,22 +630,22 @@ class LearnedDecoding(PredictorDecoding):
         """``prompt`` (a user message or chat messages) with the instruction for ``steer``, placed as
         ``steer_placement`` says (deco_middleware.steering.steer_prompt). The system placement needs the
         ``tokenizer`` (its chat template's default system message is kept)."""
-        from ..steering import steer_prompt
-
-        system = None
-        if self.steer is not None and self.steer_placement == "system":
-            if tokenizer is None:
-                raise SteerError("steer_placement='system' needs the tokenizer to keep its chat template's default "
-                                 "system message: call decoding.steer_prompt(prompt, tokenizer).")
-            try:
-                system = template_system_message(tokenizer)
-            except ValueError as error:
-                raise SteerError(f"{error} Use steer_placement='user'.") from error
-        return steer_prompt(prompt, self.steer, placement=self.steer_placement, system=system)
+        return self._steer_prompts([prompt], tokenizer)[0]
 
     def chat_inputs(self, tokenizer: Any, prompts: Sequence[Prompt]) -> dict[str, Any]:
         """Tokenized prompts through the chat template, each carrying the ``steer`` instruction."""
-        return chat_inputs(tokenizer, [self.steer_prompt(p, tokenizer) for p in prompts])
+        return chat_inputs(tokenizer, self._steer_prompts(prompts, tokenizer))
+
+    def _steer_prompts(self, prompts: Sequence[Prompt], tokenizer: Any) -> list[Prompt]:
+        from ..steering import placement_system, steer_prompts
+
+        if self.steer is None:
+            return list(prompts)
+        if self.steer_placement == "system" and tokenizer is None:
+            raise SteerError("steer_placement='system' needs the tokenizer to keep its chat template's default "
+                             "system message: call decoding.steer_prompt(prompt, tokenizer).")
+        return steer_prompts(prompts, self.steer, placement=self.steer_placement,
+                             system=placement_system(self.steer_placement, tokenizer))
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import require
-from ..messages import Prompt, chat_messages
+from ..messages import Prompt, chat_messages, plain_text
 
 
 class ChatTokenizer:
@@ -82,9 +82,6 @@ class ChatTokenizer:
         """Token ids of one prompt (a user message, or a list of chat messages) through the chat template
         (plain encoding of a user message when there is none)."""
         if not self.chat_template:
-            if not isinstance(prompt, str):
-                raise ValueError(f"The tokenizer in {self.directory} has no chat template, so a prompt must be "
-                                 f"plain text; got the messages {prompt!r}.")
-            return self.encode(prompt)
+            return self.encode(plain_text(prompt, f"The tokenizer in {self.directory}"))
         text = self.apply_chat_template(chat_messages(prompt))
         return self.encode(text, add_special_tokens=False)
